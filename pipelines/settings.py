@@ -1,0 +1,115 @@
+"""Loading params.yaml: science settings (validated by symm.config) and execution settings.
+
+Execution settings say where things run; each has an environment override so a cluster or CI
+can change them without touching params.yaml (and without invalidating DVC results).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from symm.config import ScienceParams, parse_science_params
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ExecutionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ray_address: str | None = None
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0)
+    max_concurrent_trials: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+    storage_path: str = "ray_results"
+    mlflow_tracking_uri: str | None = None
+    experiment_name: str = "symm-dml"
+
+
+# key -> environment variables that override it, first match wins
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "ray_address": ("SYMM_RAY_ADDRESS", "RAY_ADDRESS"),
+    "cpus_per_trial": ("SYMM_CPUS_PER_TRIAL",),
+    "gpus_per_trial": ("SYMM_GPUS_PER_TRIAL",),
+    "max_concurrent_trials": ("SYMM_MAX_CONCURRENT_TRIALS",),
+    "max_failures": ("SYMM_MAX_FAILURES",),
+    "storage_path": ("SYMM_STORAGE_PATH",),
+    "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI",),
+    "experiment_name": ("SYMM_EXPERIMENT_NAME",),
+}
+
+
+def read_params(path: Path | str = REPO_ROOT / "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
+    with path.open() as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must be a YAML mapping of settings")
+    return raw
+
+
+def load_science(path: Path | str = REPO_ROOT / "params.yaml") -> ScienceParams:
+    return parse_science_params(read_params(path), source=str(path))
+
+
+def load_execution(path: Path | str = REPO_ROOT / "params.yaml") -> ExecutionSettings:
+    values = dict(read_params(path).get("execution") or {})
+    for key, names in ENV_OVERRIDES.items():
+        for name in names:
+            if os.environ.get(name):
+                values[key] = os.environ[name]
+                break
+    try:
+        settings = ExecutionSettings.model_validate(values)
+    except ValidationError as err:
+        raise ValueError(f"{path} execution settings are invalid: {err}") from None
+    if settings.mlflow_tracking_uri is None:
+        settings.mlflow_tracking_uri = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    if not Path(settings.storage_path).is_absolute() and "://" not in settings.storage_path:
+        settings.storage_path = str(REPO_ROOT / settings.storage_path)
+    return settings
+
+
+def code_version() -> str:
+    """The git commit of the code, with '+dirty' when the work tree has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def prepared_dir(dataset: str) -> Path:
+    return REPO_ROOT / "data" / "prepared" / dataset
+
+
+def data_hash(dataset: str) -> str:
+    """A hash of the prepared dataset's manifest, which itself records every file's sha256."""
+    manifest = prepared_dir(dataset) / "manifest.json"
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"prepared dataset {dataset!r} not found ({manifest} missing): run `dvc repro prepare@{dataset}`"
+        )
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b': value}, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return flat

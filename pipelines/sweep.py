@@ -1,0 +1,246 @@
+"""DVC stage `sweep`: a Ray Tune grid over dataset × method × seed, recorded in MLflow.
+
+Local Ray by default; RAY_ADDRESS (or execution.ray_address) runs the same grid on a cluster.
+Writes results/sweep.json (one record per trial) for the report stage.
+
+    python -m pipelines.sweep [--smoke-test]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import (
+    REPO_ROOT,
+    ExecutionSettings,
+    code_version,
+    data_hash,
+    flatten,
+    load_execution,
+    load_science,
+    prepared_dir,
+    read_params,
+)
+
+RESULTS_PATH = REPO_ROOT / "results" / "sweep.json"
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Ray Tune trainable: one (dataset, method, seed), logged to its own MLflow child run."""
+    import mlflow
+    import torch
+    from ray import tune
+
+    from symm.config import parse_science_params
+    from symm.data.prepared import load_split
+    from symm.training import EvalEvent, train_trial
+
+    science = parse_science_params(config["science"])
+    dataset, method, seed = config["dataset"], config["method"], config["seed"]
+    torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
+    device = "cuda" if torch.cuda.is_available() and config["gpus_per_trial"] > 0 else "cpu"
+    data = {split: load_split(config["data_dirs"][dataset], split) for split in ("train", "val", "test")}
+    method_spec = science.methods[method].model_dump()
+
+    resume_state = None
+    run_id = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            resume_state = torch.load(Path(ckpt_dir) / "state.pt", weights_only=False)
+        run_id = resume_state.pop("mlflow_run_id", None)
+
+    mlflow.set_tracking_uri(config["mlflow_uri"])
+    mlflow.set_experiment(experiment_id=config["experiment_id"])
+    tags = {
+        "mlflow.parentRunId": config["parent_run_id"],
+        "code_version": config["code_version"],
+        "data_hash": config["data_hashes"][dataset],
+        "dataset": dataset, "method": method, "seed": str(seed),
+        "selection": f"best validation {science.eval.selection_metric}",
+    }
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{dataset}-{method}-seed{seed}", tags=tags) as run:
+        if run_id is None:
+            mlflow.log_params({"dataset": dataset, "method": method, "seed": seed, **flatten({
+                "method": method_spec, "model": science.model.model_dump(), "train": science.train.model_dump(),
+                "eval": science.eval.model_dump(), "data": science.data[dataset],
+            })})
+
+        def on_eval(event: EvalEvent) -> None:
+            metrics = {f"train/{k}": v for k, v in event.train.items()}
+            metrics.update({f"val/{k}": v for k, v in event.val.items()})
+            mlflow.log_metrics(metrics, step=event.epoch)
+            with tempfile.TemporaryDirectory() as tmp:
+                state = event.checkpoint()
+                state["mlflow_run_id"] = run.info.run_id
+                torch.save(state, Path(tmp) / "state.pt")
+                tune.report({"epoch": event.epoch, "step": event.step, **metrics},
+                            checkpoint=tune.Checkpoint.from_directory(tmp))
+
+        result = train_trial(method_spec=method_spec, model_cfg=science.model, train_cfg=science.train,
+                             eval_cfg=science.eval, data=data, seed=seed, device=device,
+                             on_eval=on_eval, resume_state=resume_state)
+        test = {f"test/{k}": v for k, v in result.test.items()}
+        mlflow.log_metrics({**test, "best_step": result.best_step})
+        example = data["test"][0][:2].numpy()
+        model = result.model.cpu().eval()
+        mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        tune.report({"epoch": result.history[-1]["epoch"] if result.history else 0, "done_training": True,
+                     "best_step": result.best_step, "mlflow_run_id": run.info.run_id, **test,
+                     **{f"best_val/{k}": v for k, v in result.best_val.items()}})
+
+
+def _init_ray(settings: ExecutionSettings) -> None:
+    import ray
+
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+        return
+    # local Ray: loopback only, no usage stats, no auth token written to ~/.ray
+    for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                       "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        os.environ.setdefault(key, value)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING")
+
+
+def _check_resources(settings: ExecutionSettings) -> None:
+    """A trial asking for more than any node has would stay PENDING forever: fail now instead."""
+    import ray
+
+    largest = {"CPU": 0.0, "GPU": 0.0}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for key in largest:
+                largest[key] = max(largest[key], node["Resources"].get(key, 0.0))
+    if settings.gpus_per_trial > largest["GPU"]:
+        raise RuntimeError(
+            f"gpus_per_trial={settings.gpus_per_trial} but no Ray node has that many GPUs "
+            f"(largest: {largest['GPU']}); set SYMM_GPUS_PER_TRIAL=0 or connect to a GPU cluster"
+        )
+    if settings.cpus_per_trial > largest["CPU"]:
+        raise RuntimeError(
+            f"cpus_per_trial={settings.cpus_per_trial} but the largest Ray node has {largest['CPU']} CPUs; "
+            "lower SYMM_CPUS_PER_TRIAL"
+        )
+
+
+def _trial_record(result: Any) -> dict[str, Any]:
+    config, metrics = result.config, dict(result.metrics or {})
+    history = []
+    if result.metrics_dataframe is not None:
+        frame = result.metrics_dataframe
+        for _, row in frame.iterrows():
+            if "val/recall@1" in row and row.get("val/recall@1") == row.get("val/recall@1"):
+                history.append({k: (None if v != v else v) for k, v in row.items()
+                                if isinstance(k, str) and (k.startswith(("val/", "train/")) or k in ("epoch", "step"))})
+    return {
+        "dataset": config["dataset"], "method": config["method"], "seed": config["seed"],
+        "status": "error" if result.error else "ok",
+        "error": repr(result.error) if result.error else None,
+        "test": {k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
+        "best_val": {k[9:]: v for k, v in metrics.items() if k.startswith("best_val/")},
+        "best_step": metrics.get("best_step"),
+        "mlflow_run_id": metrics.get("mlflow_run_id"),
+        "history": history,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml")
+    parser.add_argument("--smoke-test", action="store_true", help="one seed, a few steps: checks the wiring")
+    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    args = parser.parse_args(argv)
+
+    # Everything that can be wrong with the inputs fails here, before Ray or any training starts.
+    try:
+        science = load_science(args.params)
+        settings = load_execution(args.params)
+        hashes = {name: data_hash(name) for name in science.sweep.datasets}
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 2
+    raw_science = {k: v for k, v in read_params(args.params).items() if k != "execution"}
+    seeds = science.sweep.seeds
+    if args.smoke_test:
+        raw_science["train"] = {**raw_science["train"], "steps": 20, "eval_every": 10}
+        seeds = seeds[:1]
+
+    import mlflow
+    from ray import tune
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment = mlflow.set_experiment(settings.experiment_name)
+    version = code_version()
+    sweep_name = time.strftime("sweep-%Y%m%d-%H%M%S")
+    _init_ray(settings)
+    try:
+        _check_resources(settings)
+        with mlflow.start_run(run_name=sweep_name, tags={"code_version": version, "kind": "sweep"}) as parent:
+            mlflow.log_params(flatten({k: v for k, v in raw_science.items() if k != "data"}))
+            mlflow.log_params({f"data_hash.{k}": v for k, v in hashes.items()})
+            param_space = {
+                "dataset": tune.grid_search(science.sweep.datasets),
+                "method": tune.grid_search(science.sweep.methods),
+                "seed": tune.grid_search(seeds),
+                "science": raw_science,
+                "data_dirs": {name: str(prepared_dir(name)) for name in science.sweep.datasets},
+                "data_hashes": hashes,
+                "mlflow_uri": settings.mlflow_tracking_uri,
+                "experiment_id": experiment.experiment_id,
+                "parent_run_id": parent.info.run_id,
+                "code_version": version,
+                "cpus_per_trial": settings.cpus_per_trial,
+                "gpus_per_trial": settings.gpus_per_trial,
+            }
+            trainable = tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials),
+                run_config=tune.RunConfig(
+                    name=sweep_name,
+                    storage_path=settings.storage_path,
+                    failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=1,
+                ),
+            )
+            results = tuner.fit()
+            records = [_trial_record(r) for r in results]
+            failed = [r for r in records if r["status"] != "ok"]
+            summary = {
+                "sweep": sweep_name, "code_version": version, "data_hashes": hashes,
+                "mlflow_tracking_uri": settings.mlflow_tracking_uri, "experiment": settings.experiment_name,
+                "parent_run_id": parent.info.run_id, "smoke_test": args.smoke_test,
+                "ray_storage": str(Path(settings.storage_path) / sweep_name), "trials": records,
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+            os.replace(tmp, args.out)
+            mlflow.log_artifact(str(args.out))
+    finally:
+        import ray
+
+        ray.shutdown()
+    print(f"sweep: {len(records) - len(failed)}/{len(records)} trials finished -> {args.out}")
+    if failed:
+        for r in failed:
+            print(f"sweep: trial {r['dataset']}/{r['method']}/seed{r['seed']} failed: {r['error']}", file=sys.stderr)
+        print(f"sweep: finished trials are kept in {args.out} and MLflow; Ray state in {summary['ray_storage']} "
+              "(re-run to retry)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

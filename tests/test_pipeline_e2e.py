@@ -1,0 +1,95 @@
+"""End to end: the real `dvc repro` in a temporary git copy of the repository, on a tiny config.
+
+Real DVC stages, a real local Ray cluster, a real MLflow sqlite store; asserts the report and
+the MLflow runs, and that a second `dvc repro` does no work.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SKIP = shutil.ignore_patterns(".git", ".venv", "data", "results", "reports", "ray_results", "mlflow.db",
+                              "mlartifacts", "__pycache__", ".pytest_cache", "*.pyc", "tmp", "cache")
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    shutil.copytree(REPO, repo, ignore=SKIP)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(steps=24, eval_every=12, classes_per_batch=8)
+    params["sweep"]["seeds"] = [0, 1, 2]
+    params["execution"]["storage_path"] = str(repo / "ray_results")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONDONTWRITEBYTECODE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "SYMM_RAY_ADDRESS", "SYMM_STORAGE_PATH"):
+        env.pop(key, None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "e2e"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True)
+    first = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    return repo, env, first
+
+
+@pytest.mark.e2e
+def test_report_has_every_metric_for_both_methods_over_three_seeds(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    report = (repo / "reports" / "results.md").read_text()
+    for column in ("R@1", "R@2", "R@4", "R@8", "NMI", "F1"):
+        assert f" {column} |" in report
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    for method in ("npair", "symm_npair"):
+        assert f"| {method} | 3 |" in report
+        for key in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1"):
+            assert 0.0 <= metrics["glyphs"][method][key] <= 1.0
+    assert (repo / "reports" / "comparison.png").stat().st_size > 10_000
+    manifest = json.loads((repo / "data" / "prepared" / "glyphs" / "manifest.json").read_text())
+    assert manifest["dataset"] == "glyphs"
+
+
+@pytest.mark.e2e
+def test_mlflow_has_a_parent_run_and_one_child_per_trial(pipeline_repo):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    repo, _, _ = pipeline_repo
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("symm-dml")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted((r.data.params["method"], r.data.params["seed"]) for r in children) == sorted(
+        (m, str(s)) for m in ("npair", "symm_npair") for s in (0, 1, 2))
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert {"test/recall@1", "test/recall@8", "test/nmi", "test/f1", "val/recall@1", "train/loss"} <= set(run.data.metrics)
+        assert run.data.tags["code_version"] != "unknown" and run.data.tags["data_hash"]
+        history = client.get_metric_history(run.info.run_id, "val/recall@1")
+        assert [m.step for m in history] == [1, 2]  # one value per epoch (validation pass)
+        if run.data.params["method"] == "symm_npair":
+            assert 0.0 <= run.data.metrics["train/synthetic_share"] <= 1.0
+        model_uri = f"runs:/{run.info.run_id}/model"
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(model_uri)
+    import torch
+
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 64)
+
+
+@pytest.mark.e2e
+def test_second_repro_does_no_work(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    before = (repo / "results" / "sweep.json").stat().st_mtime_ns
+    second = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "Running stage" not in second.stdout, second.stdout
+    assert (repo / "results" / "sweep.json").stat().st_mtime_ns == before
