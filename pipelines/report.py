@@ -16,14 +16,17 @@ import numpy as np
 
 from pipelines.settings import REPO_ROOT
 
-METRIC_LABELS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8",
-                 "nmi": "NMI", "f1": "F1", "map@r": "MAP@R", "r_precision": "RP"}
+METRIC_LABELS = {"nmi": "NMI", "f1": "F1", "map_at_r": "MAP@R", "r_precision": "RP"}
+
+
+def label(metric: str) -> str:
+    return f"R@{metric.rsplit('_', 1)[1]}" if metric.startswith("recall_at_") else METRIC_LABELS.get(metric, metric)
 
 
 def _metric_order(records: list[dict[str, Any]]) -> list[str]:
     present = {k for r in records for k in r["test"]}
-    recalls = sorted((k for k in present if k.startswith("recall@")), key=lambda k: int(k.split("@")[1]))
-    return recalls + [k for k in ("nmi", "f1", "map@r", "r_precision") if k in present]
+    recalls = sorted((k for k in present if k.startswith("recall_at_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    return recalls + [k for k in ("nmi", "f1", "map_at_r", "r_precision") if k in present]
 
 
 def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -63,13 +66,13 @@ def write_markdown(summary: dict[str, Any], table: dict[str, Any], path: Path, p
         "",
     ]
     for dataset, methods in sorted(table.items()):
-        lines += [f"## {dataset}", "", "| method | seeds | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " |",
+        lines += [f"## {dataset}", "", "| method | seeds | " + " | ".join(label(m) for m in metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
         for method, stats in methods.items():
             cells = [_fmt(stats[m]) if m in stats else "–" for m in metrics]
             lines.append(f"| {method} | {len(stats['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Per trial", "", "| dataset | method | seed | status | best step | " + " | ".join(METRIC_LABELS.get(m, m) for m in metrics) + " | MLflow run |",
+    lines += ["## Per trial", "", "| dataset | method | seed | status | best step | " + " | ".join(label(m) for m in metrics) + " | MLflow run |",
               "|---|---|---|---|---|" + "---|" * len(metrics) + "---|"]
     for r in sorted(records, key=lambda r: (r["dataset"], r["method"], r["seed"])):
         cells = [f"{100 * r['test'][m]:.1f}" if m in r["test"] else "–" for m in metrics]
@@ -91,7 +94,7 @@ def plot_comparison(table: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(9 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         methods = list(table[dataset])
-        metrics = [m for m in METRIC_LABELS if all(m in table[dataset][x] for x in methods)]
+        metrics = [m for m in table[dataset][methods[0]] if m != "seeds" and all(m in table[dataset][x] for x in methods)]
         width = 0.8 / max(1, len(methods))
         for i, method in enumerate(methods):
             means = [100 * table[dataset][method][m]["mean"] for m in metrics]
@@ -99,7 +102,7 @@ def plot_comparison(table: dict[str, Any], path: Path) -> None:
             ax.bar(np.arange(len(metrics)) + i * width, means, width, yerr=stds, capsize=3,
                    label=f"{method} (n={len(table[dataset][method]['seeds'])})")
         ax.set_xticks(np.arange(len(metrics)) + width * (len(methods) - 1) / 2)
-        ax.set_xticklabels([METRIC_LABELS[m] for m in metrics])
+        ax.set_xticklabels([label(m) for m in metrics])
         ax.set_ylabel("% (test classes)")
         ax.set_title(f"{dataset}: mean ± std over seeds")
         ax.legend(loc="lower right", fontsize=8)
@@ -121,7 +124,7 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
         if r["status"] == "ok" and r["history"]:
             grouped[(r["dataset"], r["method"])].append(r["history"])
     for (dataset, method), histories in sorted(grouped.items()):
-        for key, ax in (("val/recall@1", ax_val), ("train/synthetic_share", ax_share)):
+        for key, ax in (("val/recall_at_1", ax_val), ("train/synthetic_share", ax_share)):
             curves = [[(h["epoch"], h[key]) for h in hist if h.get(key) is not None] for hist in histories]
             curves = [c for c in curves if c]
             if not curves:

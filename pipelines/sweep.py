@@ -138,7 +138,7 @@ def _trial_record(result: Any) -> dict[str, Any]:
     if result.metrics_dataframe is not None:
         frame = result.metrics_dataframe
         for _, row in frame.iterrows():
-            if "val/recall@1" in row and row.get("val/recall@1") == row.get("val/recall@1"):
+            if "val/recall_at_1" in row and row.get("val/recall_at_1") == row.get("val/recall_at_1"):
                 history.append({k: (None if v != v else v) for k, v in row.items()
                                 if isinstance(k, str) and (k.startswith(("val/", "train/")) or k in ("epoch", "step"))})
     return {

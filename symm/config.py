@@ -33,7 +33,7 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     ks: list[int] = Field(min_length=1)
     batch_size: int = Field(gt=0)
-    selection_metric: str = "recall@1"
+    selection_metric: str = "recall_at_1"
 
 
 class MethodSpec(_Strict):

@@ -48,7 +48,7 @@ def test_report_has_every_metric_for_both_methods_over_three_seeds(pipeline_repo
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     for method in ("npair", "symm_npair"):
         assert f"| {method} | 3 |" in report
-        for key in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1"):
+        for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "nmi", "f1"):
             assert 0.0 <= metrics["glyphs"][method][key] <= 1.0
     assert (repo / "reports" / "comparison.png").stat().st_size > 10_000
     manifest = json.loads((repo / "data" / "prepared" / "glyphs" / "manifest.json").read_text())
@@ -71,9 +71,9 @@ def test_mlflow_has_a_parent_run_and_one_child_per_trial(pipeline_repo):
         (m, str(s)) for m in ("npair", "symm_npair") for s in (0, 1, 2))
     for run in children:
         assert run.info.status == "FINISHED"
-        assert {"test/recall@1", "test/recall@8", "test/nmi", "test/f1", "val/recall@1", "train/loss"} <= set(run.data.metrics)
+        assert {"test/recall_at_1", "test/recall_at_8", "test/nmi", "test/f1", "val/recall_at_1", "train/loss"} <= set(run.data.metrics)
         assert run.data.tags["code_version"] != "unknown" and run.data.tags["data_hash"]
-        history = client.get_metric_history(run.info.run_id, "val/recall@1")
+        history = client.get_metric_history(run.info.run_id, "val/recall_at_1")
         assert [m.step for m in history] == [1, 2]  # one value per epoch (validation pass)
         if run.data.params["method"] == "symm_npair":
             assert 0.0 <= run.data.metrics["train/synthetic_share"] <= 1.0

@@ -46,9 +46,9 @@ def test_reports_each_epoch_and_keeps_the_best_validation_weights(digits):
     result = run(digits, on_eval=events.append)
     assert [e.step for e in events] == [10, 20, 30]
     assert {"loss", "synthetic_share"} <= set(events[0].train)
-    best = max(events, key=lambda e: e.val["recall@1"])  # first best wins ties
+    best = max(events, key=lambda e: e.val["recall_at_1"])  # first best wins ties
     assert result.best_step == best.step and result.best_val == best.val
-    assert set(result.test) >= {"recall@1", "recall@2", "nmi", "f1"}
+    assert set(result.test) >= {"recall_at_1", "recall_at_2", "nmi", "f1"}
 
 
 def test_resume_from_a_checkpoint_continues_exactly(digits):
