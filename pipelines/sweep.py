@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_science["train"] = {**raw_science["train"], "steps": 20, "eval_every": 10}
         seeds = seeds[:1]
 
+    # Tune warns on every forced experiment snapshot (num_to_keep): noise for short trials.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import mlflow
     from ray import tune
 

@@ -14,14 +14,23 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-SKIP = shutil.ignore_patterns(".git", ".venv", "data", "results", "reports", "ray_results", "mlflow.db",
-                              "mlartifacts", "__pycache__", ".pytest_cache", "*.pyc", "tmp", "cache")
+TOP_LEVEL_SKIP = {".git", ".venv", "data", "results", "reports", "ray_results", "mlflow.db", "mlartifacts"}
+
+
+def skip(directory: str, names: list[str]) -> set[str]:
+    """Leave out the environment, git and everything a previous run produced."""
+    skipped = {n for n in names if n in ("__pycache__", ".pytest_cache") or n.endswith(".pyc")}
+    if Path(directory) == REPO:
+        skipped |= TOP_LEVEL_SKIP & set(names)
+    if Path(directory) == REPO / ".dvc":
+        skipped |= {"tmp", "cache"} & set(names)
+    return skipped
 
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("e2e") / "repo"
-    shutil.copytree(REPO, repo, ignore=SKIP)
+    shutil.copytree(REPO, repo, ignore=skip)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(steps=24, eval_every=12, classes_per_batch=8)
     params["sweep"]["seeds"] = [0, 1, 2]
