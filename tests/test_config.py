@@ -21,7 +21,8 @@ def params():
 
 def test_repository_params_are_valid(params):
     science = parse_science_params(params)
-    assert set(science.sweep.methods) == {"npair", "symm_npair"}
+    assert {"npair", "symm_npair", "angular", "symm_angular", "triplet", "triplet_hardest", "triplet_semihard",
+            "symm_triplet", "symm_triplet_semihard", "lifted", "symm_lifted"} <= set(science.sweep.methods)
     assert len(science.sweep.seeds) >= 3
 
 

@@ -34,6 +34,7 @@ def pipeline_repo(tmp_path_factory):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(steps=24, eval_every=12, classes_per_batch=8)
     params["sweep"]["seeds"] = [0, 1, 2]
+    params["sweep"]["methods"] = ["npair", "symm_npair"]
     params["execution"]["storage_path"] = str(repo / "ray_results")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -1,116 +1,121 @@
-"""N-pair loss (Sohn 2016), plain and with symmetrical synthesis (method.md §3.1, §4)."""
+"""Softmax losses over N-pair logits: N-pair (Sohn 2016) and angular (Wang 2017, N-pair form).
+
+Embeddings are not normalised in training (as in the papers and the official release); the L2
+term reg_lambda/4 · (mean ||a||² + mean ||p||²) keeps their norms in check. With Symm the
+off-diagonal logit is the hardest (most similar) candidate of the selection variant; the
+diagonal stays original (``keep_positive``) or, in the release's ``official`` mode, takes the
+same max.
+"""
 from __future__ import annotations
 
-from typing import Literal
+import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from symm.losses.pairs import split_pairs
-from symm.synthesis import Form, reflect
+from symm.losses.base import PairLoss, check_non_negative
+from symm.losses.pairs import PointSets
 
-SymmMode = Literal["official", "point4", "pair16"]
-Negatives = Literal["none", "symm"]
-
-# The official release's six unordered set pairs, in its list order, over sets [A, P, S1, S2]
-# (S1 = P mirrored about A, S2 = A mirrored about P). Index 0 is the only all-real pair.
+# The release's six unordered set pairs over [A, P, S1, S2], in its list order.
 OFFICIAL_SET_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+# The release's angular variant: every ordered pair of distinct sets.
+OFFICIAL_ORDERED_PAIRS: tuple[tuple[int, int], ...] = tuple((s, t) for s in range(4) for t in range(4) if s != t)
 
 
-def symmetric_sets(
-    anchors: torch.Tensor,
-    positives: torch.Tensor,
-    alpha: float = 2.0,
-    beta: float = 1.0,
-    form: Form = "paper",
-    rescale_to_axis_norm: bool = False,
-) -> torch.Tensor:
-    """Stack [A, P, S1, S2] into (4, N, D): the real pairs and their mirror images."""
-    kwargs = dict(alpha=alpha, beta=beta, form=form, rescale_to_axis_norm=rescale_to_axis_norm)
-    mirrored_positives = reflect(positives, anchors, **kwargs)  # S1: P mirrored about A
-    mirrored_anchors = reflect(anchors, positives, **kwargs)  # S2: A mirrored about P
-    return torch.stack([anchors, positives, mirrored_positives, mirrored_anchors])
+def _max_with_synthetic(candidates: torch.Tensor, synthetic_flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise max over the first dim; which winners are synthetic (first max wins ties)."""
+    values, which = candidates.max(dim=0)
+    return values, synthetic_flags.to(which.device)[which]
 
 
-def symm_similarity(
-    sets: torch.Tensor, mode: SymmMode
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hardest similarity between classes i and j under a selection variant.
+class _LogitLoss(PairLoss):
+    normalize_by_default = False
+    negative_strategies = ("none", "symm")
+    default_symm_mode = "official"
 
-    Returns (sims (N, N), synthetic (N, N) bool: whether the selected entry involves a mirror
-    image). Hardest = most similar, as the logits of N-pair are similarities.
-    """
-    if mode == "official":
-        candidates = torch.stack([sets[s] @ sets[t].T for s, t in OFFICIAL_SET_PAIRS])
-        sims, which = candidates.max(dim=0)
-        return sims, which != 0
-    if mode == "point4":
-        # anchor a_i against the 4 points of class j: S_j = {a_j, p_j, S1_j, S2_j}
-        candidates = torch.einsum("nd,tmd->tnm", sets[0], sets)
-        sims, which = candidates.max(dim=0)
-        return sims, which >= 2
-    if mode == "pair16":
-        # all 16 cross combinations u in S_i, v in S_j
-        candidates = torch.einsum("snd,tmd->stnm", sets, sets).flatten(0, 1)
-        sims, which = candidates.max(dim=0)
-        source, target = which // 4, which % 4
-        return sims, (source >= 2) | (target >= 2)
-    raise ValueError(f"unknown symm_mode {mode!r}; use 'official', 'point4' or 'pair16'")
-
-
-class NPairLoss(nn.Module):
-    """Softmax cross-entropy over L_ij = a_i·p_j with target j = i, plus an L2 term.
-
-    Embeddings are not normalised (as in Sohn 2016 and the official release); the L2 term
-    reg_lambda/4 · (mean ||a||² + mean ||p||²) keeps their norms in check.
-    With ``negatives="symm"`` the off-diagonal logit is the hardest similarity between the two
-    classes' real and mirrored points (``symm_mode``); the diagonal stays a_i·p_i when
-    ``keep_positive`` (the paper) or takes the same max (the official release, its default).
-    """
-
-    def __init__(
-        self,
-        *,
-        negatives: Negatives = "none",
-        reg_lambda: float = 0.002,
-        symm_mode: SymmMode = "official",
-        keep_positive: bool | None = None,
-        alpha: float = 2.0,
-        beta: float = 1.0,
-        form: Form = "paper",
-        rescale_to_axis_norm: bool = False,
-    ) -> None:
-        super().__init__()
-        if negatives not in ("none", "symm"):
-            raise ValueError(f"npair supports negatives 'none' or 'symm', got {negatives!r}")
-        if symm_mode not in ("official", "point4", "pair16"):
-            raise ValueError(f"unknown symm_mode {symm_mode!r}; use 'official', 'point4' or 'pair16'")
-        if reg_lambda < 0:
-            raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
-        if form not in ("paper", "official"):
-            raise ValueError(f"unknown reflection form {form!r}; use 'paper' or 'official'")
-        self.negatives = negatives
+    def __init__(self, *, reg_lambda: float = 0.002, **common) -> None:
+        super().__init__(**common)
+        check_non_negative(reg_lambda=reg_lambda)
         self.reg_lambda = reg_lambda
-        self.symm_mode = symm_mode
-        self.keep_positive = (symm_mode != "official") if keep_positive is None else keep_positive
-        self.reflection = dict(alpha=alpha, beta=beta, form=form, rescale_to_axis_norm=rescale_to_axis_norm)
-        self.last_stats: dict[str, float] = {}
+
+    def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        anchors, positives, _ = split_pairs(embeddings, labels)
-        if self.negatives == "none":
-            logits = anchors @ positives.T
-        else:
-            sets = symmetric_sets(anchors, positives, **self.reflection)
-            logits, synthetic = symm_similarity(sets, self.symm_mode)
-            if self.keep_positive:
-                logits = logits.clone()
-                diagonal = torch.arange(logits.shape[0], device=logits.device)
-                logits[diagonal, diagonal] = (anchors * positives).sum(dim=1)
-            off_diagonal = ~torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-            self.last_stats = {"synthetic_share": synthetic[off_diagonal].float().mean().item()}
-        targets = torch.arange(logits.shape[0], device=logits.device)
-        loss = F.cross_entropy(logits, targets)
+        anchors, positives, sets = self.pairs_and_sets(embeddings, labels)
+        logits, synthetic = self.logits(sets)
+        n = logits.shape[0]
+        if synthetic is not None:
+            off_diagonal = ~torch.eye(n, dtype=torch.bool, device=logits.device)
+            self.record_synthetic(synthetic[off_diagonal])
+        targets = torch.arange(n, device=logits.device)
         regulariser = self.reg_lambda / 4 * (anchors.pow(2).sum(1).mean() + positives.pow(2).sum(1).mean())
-        return loss + regulariser
+        return F.cross_entropy(logits, targets) + regulariser
+
+
+def _with_diagonal(logits: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    return torch.where(eye, torch.diag_embed(diagonal), logits)
+
+
+class NPairLoss(_LogitLoss):
+    """N-pair: L_ij = a_i · p_j, cross-entropy with target j = i, plus the L2 term."""
+
+    name = "npair"
+    symm_modes = ("official", "point4", "pair16")
+
+    def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
+        sims = sets.sims
+        if self.negatives == "none":
+            return sims[0, 1], None
+        if self.symm_mode == "official":
+            candidates = torch.stack([sims[s, t] for s, t in OFFICIAL_SET_PAIRS])
+            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_SET_PAIRS]))
+        elif self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
+            logits, synthetic = _max_with_synthetic(sims[0], torch.tensor([False, False, True, True]))
+        else:  # pair16: all 16 cross combinations u in S_i, v in S_j
+            logits, synthetic = _max_with_synthetic(sims.flatten(0, 1), torch.tensor([s >= 2 or t >= 2 for s in range(4) for t in range(4)]))
+        if self.keep_positive:
+            logits = _with_diagonal(logits, torch.diagonal(sims[0, 1]))
+        return logits, synthetic
+
+
+class AngularLoss(_LogitLoss):
+    """Angular loss, N-pair form: diagonal 2(1+t)·a_i·p_i, off-diagonal 4t·(a_i+p_i)·p_j.
+
+    t = tan²(angle); 45° (t = 1) as in the paper. ``weight`` scales the loss (the release used
+    2.0 for plain angular and 1.0 with Symm).
+    """
+
+    name = "angular"
+    symm_modes = ("official", "point4")
+
+    def __init__(self, *, angle: float = 45.0, weight: float = 1.0, **common) -> None:
+        super().__init__(**common)
+        if not 0 < angle < 90:
+            raise ValueError(f"angle must be in (0, 90) degrees, got {angle}")
+        check_non_negative(weight=weight)
+        self.tan_sq = math.tan(math.radians(angle)) ** 2
+        self.weight = weight
+
+    def _pair_logits(self, sims: torch.Tensor, s: int, t: int) -> torch.Tensor:
+        """Angular logits with anchors X_s and positives X_t: (X_s_i + X_t_i) · X_t_j off-diagonal."""
+        off = 4 * self.tan_sq * (sims[s, t] + sims[t, t])
+        return _with_diagonal(off, 2 * (1 + self.tan_sq) * torch.diagonal(sims[s, t]))
+
+    def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
+        sims = sets.sims
+        if self.negatives == "none":
+            return self._pair_logits(sims, 0, 1), None
+        if self.symm_mode == "official":
+            candidates = torch.stack([self._pair_logits(sims, s, t) for s, t in OFFICIAL_ORDERED_PAIRS])
+            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_ORDERED_PAIRS]))
+        else:  # point4: (a_i + p_i) against the 4 points of S_j
+            candidates = 4 * self.tan_sq * (sims[0] + sims[1])
+            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]))
+        if self.keep_positive:
+            logits = _with_diagonal(logits, 2 * (1 + self.tan_sq) * torch.diagonal(sims[0, 1]))
+        return logits, synthetic
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.weight * super().forward(embeddings, labels)

@@ -1,0 +1,88 @@
+"""Options shared by every pair-based loss: negative strategy, Symm variant, reflection form."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from symm.losses.pairs import PointSets, real_sets, split_pairs, symmetric_sets
+
+NEGATIVE_STRATEGIES = ("none", "hardest", "semihard", "symm")
+
+
+class PairLoss(nn.Module):
+    """Base of the losses called as ``loss(embeddings, labels)`` on N-pair batches.
+
+    Subclasses declare which negative strategies and Symm selection variants they define;
+    anything else is a ValueError naming the supported choices. Losses using synthetic
+    negatives put the share of selected negatives that are synthetic in ``last_stats``.
+    """
+
+    name: ClassVar[str]
+    negative_strategies: ClassVar[tuple[str, ...]]
+    symm_modes: ClassVar[tuple[str, ...]] = ()
+    default_symm_mode: ClassVar[str | None] = None
+    normalize_by_default: ClassVar[bool]
+    diagonal_may_be_synthetic: ClassVar[bool] = False  # logit losses in the release's 'official' mode
+
+    def __init__(
+        self,
+        *,
+        negatives: str = "none",
+        symm_mode: str | None = None,
+        keep_positive: bool | None = None,
+        alpha: float = 2.0,
+        beta: float = 1.0,
+        form: str = "paper",
+        rescale_to_axis_norm: bool = False,
+        normalize: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if negatives not in NEGATIVE_STRATEGIES:
+            raise ValueError(f"unknown negatives {negatives!r}; choose from {list(NEGATIVE_STRATEGIES)}")
+        if negatives not in self.negative_strategies:
+            raise ValueError(
+                f"loss {self.name!r} does not define negatives={negatives!r}; supported: {list(self.negative_strategies)}"
+            )
+        if symm_mode is not None and negatives != "symm":
+            raise ValueError(f"symm_mode={symm_mode!r} only applies with negatives='symm' (got negatives={negatives!r})")
+        mode = symm_mode or self.default_symm_mode
+        if negatives == "symm" and mode not in self.symm_modes:
+            raise ValueError(f"unknown symm_mode {symm_mode!r} for loss {self.name!r}; supported: {list(self.symm_modes)}")
+        if form not in ("paper", "official"):
+            raise ValueError(f"unknown reflection form {form!r}; use 'paper' or 'official'")
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0 (it scales the synthetic point's norm), got {beta}")
+        official = negatives == "symm" and mode == "official"
+        if keep_positive is False and not official:
+            raise ValueError("keep_positive=False (a synthetic positive logit) exists only in symm_mode='official'")
+        self.negatives = negatives
+        self.symm_mode = mode if negatives == "symm" else None
+        self.keep_positive = (not official) if keep_positive is None else keep_positive
+        self.reflection = dict(alpha=alpha, beta=beta, form=form, rescale_to_axis_norm=rescale_to_axis_norm)
+        self.normalize = self.normalize_by_default if normalize is None else normalize
+        self.last_stats: dict[str, float] = {}
+
+    def pairs_and_sets(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointSets]:
+        anchors, positives, _ = split_pairs(embeddings, labels)
+        if self.normalize:
+            anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
+        if self.negatives == "symm":
+            return anchors, positives, symmetric_sets(anchors, positives, **self.reflection)
+        return anchors, positives, real_sets(anchors, positives)
+
+    def record_synthetic(self, synthetic: torch.Tensor) -> None:
+        """Log the share of selected negatives that are synthetic (the paper's ratio curve)."""
+        if self.negatives == "symm":
+            self.last_stats = {"synthetic_share": synthetic.float().mean().item() if synthetic.numel() else 0.0}
+
+    def extra_repr(self) -> str:
+        return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
+
+
+def check_non_negative(**values: float) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
