@@ -27,7 +27,7 @@ def _set_is_synthetic(n_sets: int, device: torch.device) -> torch.Tensor:
 
 def hardest_of_each_class(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """point4: (2N, N) distance from each real anchor to the closest point of each class, + synthetic flags."""
-    n_sets, n = dist.shape[0], dist.shape[2]
+    n_sets, n = dist.shape[1], dist.shape[2]
     anchor_rows = dist[:2].permute(0, 2, 1, 3)  # (2, N, S, N): [s, i, t, j]
     values, which = anchor_rows.min(dim=2)
     return values.reshape(2 * n, n), _set_is_synthetic(n_sets, dist.device)[which].reshape(2 * n, n)
@@ -69,7 +69,8 @@ class _DistanceLoss(PairLoss):
     def distances(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, S, N, N) distances between point sets and (N,) positive distances D(a_i, p_i)."""
         _, _, sets = self.pairs_and_sets(embeddings, labels)
-        dist = sets.distances(self.squared)
+        # only pair16 needs distances from synthetic anchors; the rest start from real points
+        dist = sets.distances(self.squared, rows=None if self.symm_mode == "pair16" else 2)
         return dist, torch.diagonal(dist[0, 1])
 
 
@@ -87,7 +88,7 @@ class TripletLoss(_DistanceLoss):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         dist, positive = self.distances(embeddings, labels)
-        n_sets, n = dist.shape[0], dist.shape[2]
+        n_sets, n = dist.shape[1], dist.shape[2]
         if self.symm_mode == "pair16":
             negative, synthetic = hardest_pair_of_classes(dist)
             off = ~torch.eye(n, dtype=torch.bool, device=dist.device)

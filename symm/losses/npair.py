@@ -65,18 +65,18 @@ class NPairLoss(_LogitLoss):
     symm_modes = ("official", "point4", "pair16")
 
     def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
-        sims = sets.sims
         if self.negatives == "none":
-            return sims[0, 1], None
+            return sets.block(0, 1), None
         if self.symm_mode == "official":
-            candidates = torch.stack([sims[s, t] for s, t in OFFICIAL_SET_PAIRS])
+            candidates = torch.stack([sets.block(s, t) for s, t in OFFICIAL_SET_PAIRS])
             logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_SET_PAIRS]))
         elif self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
-            logits, synthetic = _max_with_synthetic(sims[0], torch.tensor([False, False, True, True]))
+            candidates = torch.stack([sets.block(0, t) for t in range(4)])
+            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]))
         else:  # pair16: all 16 cross combinations u in S_i, v in S_j
-            logits, synthetic = _max_with_synthetic(sims.flatten(0, 1), torch.tensor([s >= 2 or t >= 2 for s in range(4) for t in range(4)]))
+            logits, synthetic = _max_with_synthetic(sets.sims.flatten(0, 1), torch.tensor([s >= 2 or t >= 2 for s in range(4) for t in range(4)]))
         if self.keep_positive:
-            logits = _with_diagonal(logits, torch.diagonal(sims[0, 1]))
+            logits = _with_diagonal(logits, torch.diagonal(sets.block(0, 1)))
         return logits, synthetic
 
 
@@ -98,23 +98,22 @@ class AngularLoss(_LogitLoss):
         self.tan_sq = math.tan(math.radians(angle)) ** 2
         self.weight = weight
 
-    def _pair_logits(self, sims: torch.Tensor, s: int, t: int) -> torch.Tensor:
+    def _pair_logits(self, sets: PointSets, s: int, t: int) -> torch.Tensor:
         """Angular logits with anchors X_s and positives X_t: (X_s_i + X_t_i) · X_t_j off-diagonal."""
-        off = 4 * self.tan_sq * (sims[s, t] + sims[t, t])
-        return _with_diagonal(off, 2 * (1 + self.tan_sq) * torch.diagonal(sims[s, t]))
+        off = 4 * self.tan_sq * (sets.block(s, t) + sets.block(t, t))
+        return _with_diagonal(off, 2 * (1 + self.tan_sq) * torch.diagonal(sets.block(s, t)))
 
     def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
-        sims = sets.sims
         if self.negatives == "none":
-            return self._pair_logits(sims, 0, 1), None
+            return self._pair_logits(sets, 0, 1), None
         if self.symm_mode == "official":
-            candidates = torch.stack([self._pair_logits(sims, s, t) for s, t in OFFICIAL_ORDERED_PAIRS])
+            candidates = torch.stack([self._pair_logits(sets, s, t) for s, t in OFFICIAL_ORDERED_PAIRS])
             logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_ORDERED_PAIRS]))
         else:  # point4: (a_i + p_i) against the 4 points of S_j
-            candidates = 4 * self.tan_sq * (sims[0] + sims[1])
+            candidates = torch.stack([4 * self.tan_sq * (sets.block(0, t) + sets.block(1, t)) for t in range(4)])
             logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]))
         if self.keep_positive:
-            logits = _with_diagonal(logits, 2 * (1 + self.tan_sq) * torch.diagonal(sims[0, 1]))
+            logits = _with_diagonal(logits, 2 * (1 + self.tan_sq) * torch.diagonal(sets.block(0, 1)))
         return logits, synthetic
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

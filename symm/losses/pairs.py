@@ -11,8 +11,6 @@ multiplying 4N × 4N × d. ``symm.synthesis.reflect`` is the explicit form; test
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 
@@ -41,40 +39,68 @@ def split_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return embeddings[anchors], embeddings[positives], labels[anchors]
 
 
-@dataclass
-class PointSets:
-    """Similarities between the batch's point sets.
+Coefficient = "torch.Tensor | float"
 
-    ``sims[s, t, i, j]`` = X_s[i] · X_t[j] with sets [A, P] or [A, P, S1, S2] (S sets, N
-    classes); ``sq_norms[s, i]`` = ||X_s[i]||². Points of set index >= 2 are synthetic.
+
+class PointSets:
+    """Similarities between the batch's point sets, computed block by block on demand.
+
+    Sets are [A, P] or [A, P, S1, S2] (S sets, N classes; set index >= 2 = synthetic). Each
+    set's points are per-class combinations of the real anchor a_i and positive p_i, held as
+    ``terms[s] = [(source, coefficient), ...]`` with source 0 = a, 1 = p and coefficient a scalar
+    or a per-class vector. ``block(s, t)[i, j]`` = X_s[i] · X_t[j]; ``sq_norms[s, i]`` = ||X_s[i]||².
     """
 
-    sims: torch.Tensor
-    sq_norms: torch.Tensor
+    def __init__(self, gram: torch.Tensor, terms: list[list[tuple[int, Coefficient]]], sq_norms: torch.Tensor) -> None:
+        self.gram = gram  # (2, 2, N, N): [[A·Aᵀ, A·Pᵀ], [P·Aᵀ, P·Pᵀ]]
+        self.terms = terms
+        self.sq_norms = sq_norms
+        self._blocks: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def n_sets(self) -> int:
-        return self.sims.shape[0]
+        return len(self.terms)
 
     @property
     def n_classes(self) -> int:
-        return self.sims.shape[2]
+        return self.gram.shape[2]
 
-    def sq_distances(self) -> torch.Tensor:
-        """(S, S, N, N) squared Euclidean distances, clamped at 0 against rounding."""
-        d2 = self.sq_norms[:, None, :, None] + self.sq_norms[None, :, None, :] - 2 * self.sims
-        return d2.clamp_min(0)
+    def block(self, s: int, t: int) -> torch.Tensor:
+        if (s, t) not in self._blocks:
+            total = None
+            for k, row_coef in self.terms[s]:
+                for l, col_coef in self.terms[t]:
+                    part = self.gram[k, l]
+                    if isinstance(row_coef, torch.Tensor):
+                        part = row_coef[:, None] * part
+                    elif row_coef != 1:
+                        part = row_coef * part
+                    if isinstance(col_coef, torch.Tensor):
+                        part = part * col_coef[None, :]
+                    elif col_coef != 1:
+                        part = part * col_coef
+                    total = part if total is None else total + part
+            self._blocks[(s, t)] = total
+        return self._blocks[(s, t)]
 
-    def distances(self, squared: bool) -> torch.Tensor:
-        d2 = self.sq_distances()
+    @property
+    def sims(self) -> torch.Tensor:
+        """All (S, S, N, N) blocks."""
+        return torch.stack([torch.stack([self.block(s, t) for t in range(self.n_sets)]) for s in range(self.n_sets)])
+
+    def distances(self, squared: bool, rows: int | None = None) -> torch.Tensor:
+        """(R, S, N, N) distances from the first ``rows`` sets (default all) to every set."""
+        rows = self.n_sets if rows is None else rows
+        sims = torch.stack([torch.stack([self.block(s, t) for t in range(self.n_sets)]) for s in range(rows)])
+        d2 = (self.sq_norms[:rows, None, :, None] + self.sq_norms[None, :, None, :] - 2 * sims).clamp_min(0)
         # the clamp keeps the gradient of sqrt finite for duplicate points (distance 0)
         return d2 if squared else d2.clamp_min(1e-12).sqrt()
 
 
 def point_matrix(blocks: torch.Tensor) -> torch.Tensor:
-    """(S, S, N, N) blocks -> (S·N, S·N) matrix over points; point s·N + i is set s, class i."""
-    s, _, n, _ = blocks.shape
-    return blocks.permute(0, 2, 1, 3).reshape(s * n, s * n)
+    """(R, S, N, N) blocks -> (R·N, S·N) matrix over points; point s·N + i is set s, class i."""
+    r, s, n, _ = blocks.shape
+    return blocks.permute(0, 2, 1, 3).reshape(r * n, s * n)
 
 
 def gram_blocks(anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -86,8 +112,8 @@ def gram_blocks(anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
 
 def real_sets(anchors: torch.Tensor, positives: torch.Tensor) -> PointSets:
     gram = gram_blocks(anchors, positives)
-    sq_norms = torch.stack([anchors.pow(2).sum(1), positives.pow(2).sum(1)])
-    return PointSets(gram, sq_norms)
+    sq_norms = torch.stack([torch.diagonal(gram[0, 0]), torch.diagonal(gram[1, 1])])
+    return PointSets(gram, [[(0, 1.0)], [(1, 1.0)]], sq_norms)
 
 
 def symmetric_sets(
@@ -99,7 +125,7 @@ def symmetric_sets(
     rescale_to_axis_norm: bool = False,
     eps: float = 1e-12,
 ) -> PointSets:
-    """[A, P, S1, S2] similarities, S1 = reflect(P, axes=A), S2 = reflect(A, axes=P).
+    """[A, P, S1, S2] with S1 = reflect(P, axes=A), S2 = reflect(A, axes=P).
 
     Same arithmetic as ``symm.synthesis.reflect`` (both forms, alpha, beta, the rescale),
     expressed as coefficients on the real points.
@@ -109,25 +135,18 @@ def symmetric_sets(
     pp = torch.diagonal(gram[1, 1])
     ap = torch.diagonal(gram[0, 1])
     # reflect(x, axis) = own * x + along * axis
-    own = beta * (1 - alpha) if form == "paper" else -beta
+    own: Coefficient = beta * (1 - alpha) if form == "paper" else -beta
     aa_safe, pp_safe = aa.clamp_min(eps), pp.clamp_min(eps)
     along_s1 = beta * alpha * ap / aa_safe  # S1 = own * p + along_s1 * a
     along_s2 = beta * alpha * ap / pp_safe  # S2 = own * a + along_s2 * p
-    ones, zeros = torch.ones_like(aa), torch.zeros_like(aa)
-    s1_a, s1_p = along_s1, own * ones
-    s2_a, s2_p = own * ones, along_s2
+    s1_sq = own**2 * pp + 2 * own * along_s1 * ap + along_s1**2 * aa
+    s2_sq = own**2 * aa + 2 * own * along_s2 * ap + along_s2**2 * pp
     if rescale_to_axis_norm:
-        s1_sq = s1_a**2 * aa + 2 * s1_a * s1_p * ap + s1_p**2 * pp
-        s2_sq = s2_a**2 * aa + 2 * s2_a * s2_p * ap + s2_p**2 * pp
         scale1 = aa_safe.sqrt() / s1_sq.clamp_min(0).sqrt().clamp_min(eps)
         scale2 = pp_safe.sqrt() / s2_sq.clamp_min(0).sqrt().clamp_min(eps)
-        s1_a, s1_p, s2_a, s2_p = s1_a * scale1, s1_p * scale1, s2_a * scale2, s2_p * scale2
-    # coefficients (set, real source [a, p], class)
-    coef = torch.stack([
-        torch.stack([ones, zeros]), torch.stack([zeros, ones]),
-        torch.stack([s1_a, s1_p]), torch.stack([s2_a, s2_p]),
-    ])
-    sims = torch.einsum("ski,tlj,klij->stij", coef, coef, gram)
-    diag = torch.stack([torch.stack([aa, ap]), torch.stack([ap, pp])])  # (2, 2, N)
-    sq_norms = torch.einsum("ski,sli,kli->si", coef, coef, diag)
-    return PointSets(sims, sq_norms)
+        terms = [[(0, 1.0)], [(1, 1.0)],
+                 [(1, own * scale1), (0, along_s1 * scale1)], [(0, own * scale2), (1, along_s2 * scale2)]]
+        s1_sq, s2_sq = s1_sq * scale1**2, s2_sq * scale2**2
+    else:
+        terms = [[(0, 1.0)], [(1, 1.0)], [(1, own), (0, along_s1)], [(0, own), (1, along_s2)]]
+    return PointSets(gram, terms, torch.stack([aa, pp, s1_sq, s2_sq]))
