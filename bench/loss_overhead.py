@@ -78,18 +78,22 @@ def time_call(fn: Loss, embeddings: torch.Tensor, labels: torch.Tensor) -> float
     return time.perf_counter() - start
 
 
-def measure(n_pairs: int, dim: int, repeats: int, device: str) -> dict[str, float]:
+def measure(n_pairs: int, dim: int, repeats: int, device: str, budget_s: float = 10.0) -> dict[str, float]:
     torch.manual_seed(0)
     embeddings = torch.randn(2 * n_pairs, dim, device=device)
     labels = torch.arange(n_pairs, device=device).repeat_interleave(2)
     fns: dict[str, Loss] = {row: create_loss(loss, **opts) for row, _, loss, opts in ROWS}
     fns.update({f"PML {k}": v for k, v in pml_losses().items()})
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(repeats + 5):
+    for _ in range(3):  # warm-up
+        for fn in fns.values():
+            time_call(fn, embeddings, labels)
+    # interleaved rounds; a very slow reference (PML's lifted at N=256 takes seconds) stops
+    # once it has used its time budget, with at least 3 samples
+    for _ in range(repeats):
         for name, fn in fns.items():
-            t = time_call(fn, embeddings, labels)
-            if i >= 5:  # warm-up
-                samples[name].append(t)
+            if len(samples[name]) < 3 or sum(samples[name]) < budget_s:
+                samples[name].append(time_call(fn, embeddings, labels))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

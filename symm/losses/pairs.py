@@ -5,9 +5,9 @@ The losses see the batch as point sets [A, P] (plain) or [A, P, S1, S2] (with sy
 synthesis; S1 = P mirrored about A, S2 = A mirrored about P), one point per class in each set.
 
 A mirror image is a per-class linear combination of that class's anchor and positive, so every
-similarity involving synthetic points is algebraic in the Gram matrix of the real points: one
-(2N × 2N) matmul plus O(N²) elementwise work, instead of materialising the reflections and
-multiplying 4N × 4N × d. ``symm.synthesis.reflect`` is the explicit form; tests check both agree.
+similarity involving synthetic points is algebraic in the Gram matrix of the real points: at most
+three N × N × d matmuls (A·Aᵀ, A·Pᵀ, P·Pᵀ, each computed only if needed) plus O(N²) elementwise
+work per needed block, instead of materialising the reflections and multiplying 4N × 4N × d. ``symm.synthesis.reflect`` is the explicit form; tests check both agree.
 """
 from __future__ import annotations
 
@@ -51,10 +51,11 @@ class PointSets:
     or a per-class vector. ``block(s, t)[i, j]`` = X_s[i] · X_t[j]; ``sq_norms[s, i]`` = ||X_s[i]||².
     """
 
-    def __init__(self, gram: torch.Tensor, terms: list[list[tuple[int, Coefficient]]], sq_norms: torch.Tensor) -> None:
-        self.gram = gram  # (2, 2, N, N): [[A·Aᵀ, A·Pᵀ], [P·Aᵀ, P·Pᵀ]]
+    def __init__(self, real: tuple[torch.Tensor, torch.Tensor], terms: list[list[tuple[int, Coefficient]]], sq_norms: torch.Tensor) -> None:
+        self.real = real  # (anchors, positives)
         self.terms = terms
         self.sq_norms = sq_norms
+        self._grams: dict[tuple[int, int], torch.Tensor] = {}
         self._blocks: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
@@ -63,14 +64,20 @@ class PointSets:
 
     @property
     def n_classes(self) -> int:
-        return self.gram.shape[2]
+        return self.real[0].shape[0]
+
+    def gram(self, k: int, l: int) -> torch.Tensor:
+        """Real-point similarities, computed on first use: plain N-pair needs only A·Pᵀ."""
+        if (k, l) not in self._grams:
+            self._grams[(k, l)] = self._grams[(l, k)].T if (l, k) in self._grams else self.real[k] @ self.real[l].T
+        return self._grams[(k, l)]
 
     def block(self, s: int, t: int) -> torch.Tensor:
         if (s, t) not in self._blocks:
             total = None
             for k, row_coef in self.terms[s]:
                 for l, col_coef in self.terms[t]:
-                    part = self.gram[k, l]
+                    part = self.gram(k, l)
                     if isinstance(row_coef, torch.Tensor):
                         part = row_coef[:, None] * part
                     elif row_coef != 1:
@@ -103,17 +110,9 @@ def point_matrix(blocks: torch.Tensor) -> torch.Tensor:
     return blocks.permute(0, 2, 1, 3).reshape(r * n, s * n)
 
 
-def gram_blocks(anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """(2, 2, N, N): [[A·Aᵀ, A·Pᵀ], [P·Aᵀ, P·Pᵀ]] from one matmul."""
-    n = anchors.shape[0]
-    points = torch.cat([anchors, positives])
-    return (points @ points.T).view(2, n, 2, n).permute(0, 2, 1, 3)
-
-
 def real_sets(anchors: torch.Tensor, positives: torch.Tensor) -> PointSets:
-    gram = gram_blocks(anchors, positives)
-    sq_norms = torch.stack([torch.diagonal(gram[0, 0]), torch.diagonal(gram[1, 1])])
-    return PointSets(gram, [[(0, 1.0)], [(1, 1.0)]], sq_norms)
+    sq_norms = torch.stack([anchors.pow(2).sum(1), positives.pow(2).sum(1)])
+    return PointSets((anchors, positives), [[(0, 1.0)], [(1, 1.0)]], sq_norms)
 
 
 def symmetric_sets(
@@ -130,10 +129,9 @@ def symmetric_sets(
     Same arithmetic as ``symm.synthesis.reflect`` (both forms, alpha, beta, the rescale),
     expressed as coefficients on the real points.
     """
-    gram = gram_blocks(anchors, positives)
-    aa = torch.diagonal(gram[0, 0])
-    pp = torch.diagonal(gram[1, 1])
-    ap = torch.diagonal(gram[0, 1])
+    aa = anchors.pow(2).sum(1)
+    pp = positives.pow(2).sum(1)
+    ap = (anchors * positives).sum(1)
     # reflect(x, axis) = own * x + along * axis
     own: Coefficient = beta * (1 - alpha) if form == "paper" else -beta
     aa_safe, pp_safe = aa.clamp_min(eps), pp.clamp_min(eps)
@@ -149,4 +147,4 @@ def symmetric_sets(
         s1_sq, s2_sq = s1_sq * scale1**2, s2_sq * scale2**2
     else:
         terms = [[(0, 1.0)], [(1, 1.0)], [(1, own), (0, along_s1)], [(0, own), (1, along_s2)]]
-    return PointSets(gram, terms, torch.stack([aa, pp, s1_sq, s2_sq]))
+    return PointSets((anchors, positives), terms, torch.stack([aa, pp, s1_sq, s2_sq]))
