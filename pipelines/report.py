@@ -85,28 +85,39 @@ def write_markdown(summary: dict[str, Any], table: dict[str, Any], path: Path, p
 
 
 def plot_comparison(table: dict[str, Any], path: Path) -> None:
+    """One panel per metric, methods as rows (mean ± std over seeds); Symm methods in orange."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = sorted(table)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(9 * len(datasets), 4.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        methods = list(table[dataset])
-        metrics = [m for m in table[dataset][methods[0]] if m != "seeds" and all(m in table[dataset][x] for x in methods)]
-        width = 0.8 / max(1, len(methods))
-        for i, method in enumerate(methods):
-            means = [100 * table[dataset][method][m]["mean"] for m in metrics]
-            stds = [100 * table[dataset][method][m]["std"] for m in metrics]
-            ax.bar(np.arange(len(metrics)) + i * width, means, width, yerr=stds, capsize=3,
-                   label=f"{method} (n={len(table[dataset][method]['seeds'])})")
-        ax.set_xticks(np.arange(len(metrics)) + width * (len(methods) - 1) / 2)
-        ax.set_xticklabels([label(m) for m in metrics])
-        ax.set_ylabel("% (test classes)")
-        ax.set_title(f"{dataset}: mean ± std over seeds")
-        ax.legend(loc="lower right", fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
+    metrics = [m for m in next(iter(table[datasets[0]].values())) if m != "seeds"]
+    n_methods = max(len(table[d]) for d in datasets)
+    per_row = 4
+    rows_per_dataset = -(-len(metrics) // per_row)
+    fig, grid = plt.subplots(len(datasets) * rows_per_dataset, per_row, squeeze=False, sharey="row",
+                             figsize=(3.2 * per_row + 1.8, (0.3 * n_methods + 0.8) * rows_per_dataset * len(datasets) + 0.6))
+    for ax in grid.flat[len(datasets) * len(metrics):]:
+        ax.set_visible(False)
+    for row, dataset in enumerate(datasets):
+        axes_of_dataset = grid[row * rows_per_dataset:(row + 1) * rows_per_dataset].flatten()
+        methods = list(table[dataset])[::-1]  # first method on top
+        y = np.arange(len(methods))
+        colors = ["tab:orange" if m.startswith("symm") else "tab:blue" for m in methods]
+        for col, metric in enumerate(metrics):
+            ax = axes_of_dataset[col]
+            means = np.array([100 * table[dataset][m][metric]["mean"] if metric in table[dataset][m] else np.nan for m in methods])
+            stds = np.array([100 * table[dataset][m][metric]["std"] if metric in table[dataset][m] else 0 for m in methods])
+            ax.errorbar(means, y, xerr=stds, fmt="none", ecolor="0.4", capsize=2, lw=1)
+            ax.scatter(means, y, c=colors, zorder=3, s=22)
+            ax.set_title(f"{label(metric)}" + (f" · {dataset}" if len(datasets) > 1 else ""), fontsize=10)
+            ax.grid(axis="x", alpha=0.3)
+            ax.tick_params(axis="x", labelsize=8)
+            if col % per_row == 0:
+                ax.set_yticks(y)
+                ax.set_yticklabels([f"{m} (n={len(table[dataset][m]['seeds'])})" for m in methods], fontsize=8)
+    fig.suptitle("Test classes, % (mean ± std over seeds); orange = with symmetrical synthesis", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
