@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
-                tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials),
+                tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials,
+                                             reuse_actors=True),  # skip re-importing torch per trial
                 run_config=tune.RunConfig(
                     name=sweep_name,
                     storage_path=settings.storage_path,
