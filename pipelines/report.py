@@ -1,22 +1,35 @@
-"""DVC stage `report`: aggregate results/sweep.json into tables, a metrics file and pictures.
+"""DVC stage `report`: aggregate results/sweep.json into tables, pictures, DVC metrics and HTML.
 
-Writes reports/results.md (mean ± std over seeds per method), reports/metrics.json (DVC
-metrics) and reports/comparison.png, reports/curves.png.
+Per dataset: every method's test metrics as mean ± 95% confidence interval over seeds (Student t),
+the paper's published numbers beside them where they exist (pipelines/paper_numbers.yaml), and a
+paired comparison of each Symm method with its baseline over the same seeds (paired t-test).
+Writes reports/results.md, a self-contained reports/index.html (figures embedded, no network),
+reports/metrics.json and the figures; attaches them to the sweep's MLflow parent run.
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import json
 import sys
+import warnings
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from scipy import stats as scipy_stats
 
 from pipelines.settings import REPO_ROOT
 
 METRIC_LABELS = {"nmi": "NMI", "f1": "F1", "map_at_r": "MAP@R", "r_precision": "RP"}
+PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+# Why a dataset's numbers cannot be put next to the paper's (the paper: ImageNet GoogLeNet, 227 px).
+NOT_COMPARABLE = {"glyphs": "embedded glyph dataset, small CNN from scratch: not comparable to the paper's numbers"}
+PAIRED_METRICS = ("recall_at_1", "map_at_r", "nmi", "f1")
 
 
 def label(metric: str) -> str:
@@ -29,59 +42,182 @@ def _metric_order(records: list[dict[str, Any]]) -> list[str]:
     return recalls + [k for k in ("nmi", "f1", "map_at_r", "r_precision") if k in present]
 
 
+def confidence_interval(values: np.ndarray, level: float = 0.95) -> float:
+    """Half-width of the Student-t interval of the mean (0 with fewer than 2 values)."""
+    if len(values) < 2:
+        return 0.0
+    return float(scipy_stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
 def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """dataset -> method -> {metric: {mean, std, n, values}} over the finished seeds."""
+    """dataset -> method -> {metric: {mean, std, ci95, n}} over the finished seeds."""
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         if r["status"] == "ok":
             grouped[(r["dataset"], r["method"])].append(r)
     out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for (dataset, method), runs in grouped.items():
-        stats: dict[str, Any] = {"seeds": sorted(r["seed"] for r in runs)}
+        summary: dict[str, Any] = {"seeds": sorted(r["seed"] for r in runs)}
         for metric in _metric_order(runs):
             values = np.array([r["test"][metric] for r in runs if metric in r["test"]], dtype=float)
-            stats[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                             "n": int(len(values))}
-        out[dataset][method] = stats
+            summary[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                               "ci95": confidence_interval(values), "n": int(len(values))}
+        out[dataset][method] = summary
     return out
 
 
-def _fmt(stat: dict[str, Any]) -> str:
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+def baseline_of(method: str, methods: list[str]) -> str | None:
+    """The method a Symm method is compared with: the same name without the `symm_` prefix."""
+    if method.startswith("symm_") and method[5:] in methods:
+        return method[5:]
+    return None
 
 
-def write_markdown(summary: dict[str, Any], table: dict[str, Any], path: Path, pictures: list[str]) -> None:
+def paired_comparisons(records: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
+    """Symm vs its baseline on the seeds both finished: mean difference, its 95% CI, paired t-test p."""
+    by_method: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+    for r in records:
+        if r["status"] == "ok" and r["dataset"] == dataset:
+            by_method[r["method"]][r["seed"]] = r["test"]
+    rows = []
+    for method in by_method:
+        base = baseline_of(method, list(by_method))
+        if base is None:
+            continue
+        seeds = sorted(set(by_method[method]) & set(by_method[base]))
+        for metric in PAIRED_METRICS:
+            if not all(metric in by_method[m][s] for m in (method, base) for s in seeds):
+                continue
+            diff = np.array([by_method[method][s][metric] - by_method[base][s][metric] for s in seeds])
+            p = float(scipy_stats.ttest_rel([by_method[method][s][metric] for s in seeds],
+                                            [by_method[base][s][metric] for s in seeds]).pvalue) if len(seeds) > 1 else float("nan")
+            rows.append({"method": method, "baseline": base, "metric": metric, "n": len(seeds),
+                         "diff": float(diff.mean()), "ci95": confidence_interval(diff), "p": p})
+    return rows
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+    def markdown(self) -> list[str]:
+        lines = [f"### {self.title}", ""] + ([self.note, ""] if self.note else [])
+        lines += ["| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return lines + [""]
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c).replace('`', '')}</td>" for c in row) + "</tr>" for row in self.rows)
+        note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<h3>{html.escape(self.title)}</h3>{note}<table><tr>{head}</tr>{body}</table>"
+
+
+def build_tables(summary: dict[str, Any], table: dict[str, Any], paper: dict[str, Any]) -> dict[str, list[Table]]:
     records = summary["trials"]
     metrics = _metric_order([r for r in records if r["status"] == "ok"])
-    lines = [
-        "# Results",
-        "",
+    sections: dict[str, list[Table]] = {}
+    for dataset, methods in sorted(table.items()):
+        published = paper.get("datasets", {}).get(dataset, {})
+        note = NOT_COMPARABLE.get(dataset, "")
+        if not published and not note:
+            note = "the paper has no numbers for this dataset"
+        main = Table("Test metrics (%), mean ± 95% CI over seeds", ["method", "seeds"] + [label(m) for m in metrics]
+                     + (["paper R@1", "Δ R@1"] if published else []),
+                     note=note + (" Paper numbers: " + paper.get("source", "") + "; the release selected checkpoints on "
+                                  "test Recall@1, we select on validation classes." if published else ""))
+        for method, stats in methods.items():
+            row = [method, str(len(stats["seeds"]))] + [
+                f"{100 * stats[m]['mean']:.1f} ± {100 * stats[m]['ci95']:.1f}" if m in stats else "–" for m in metrics]
+            if published:
+                ref = published.get(method, {}).get("recall_at_1")
+                ours = 100 * stats["recall_at_1"]["mean"] if "recall_at_1" in stats else None
+                row += [f"{ref:.1f}" if ref is not None else "–",
+                        f"{ours - ref:+.1f}" if ref is not None and ours is not None else "–"]
+            main.rows.append(row)
+        paired = Table("Symm vs its baseline: paired over seeds (test metrics, percentage points)",
+                       ["Symm method", "baseline", "metric", "seeds", "mean Δ", "95% CI of Δ", "paired t-test p"],
+                       note="Same seeds, same data order; with few seeds the test has little power — read the CI.")
+        for c in paired_comparisons(records, dataset):
+            paired.rows.append([c["method"], c["baseline"], label(c["metric"]), str(c["n"]), f"{100 * c['diff']:+.2f}",
+                                f"[{100 * (c['diff'] - c['ci95']):+.2f}, {100 * (c['diff'] + c['ci95']):+.2f}]",
+                                "–" if np.isnan(c["p"]) else f"{c['p']:.3f}"])
+        sections[dataset] = [main] + ([paired] if paired.rows else [])
+    trials = Table("Per trial (test metrics, %)", ["dataset", "method", "seed", "status", "best step"]
+                   + [label(m) for m in metrics] + ["MLflow run"])
+    for r in sorted(records, key=lambda r: (r["dataset"], r["method"], r["seed"])):
+        trials.rows.append([r["dataset"], r["method"], str(r["seed"]), r["status"], str(r.get("best_step"))]
+                           + [f"{100 * r['test'][m]:.1f}" if m in r["test"] else "–" for m in metrics]
+                           + [f"`{r.get('mlflow_run_id')}`"])
+    sections["all trials"] = [trials]
+    return sections
+
+
+def header_lines(summary: dict[str, Any]) -> list[str]:
+    return [
         f"Sweep `{summary['sweep']}` · code `{summary['code_version']}` · data "
         + ", ".join(f"{k} `{v}`" for k, v in summary["data_hashes"].items())
         + (" · **smoke test (a few steps only)**" if summary.get("smoke_test") else ""),
         "",
-        "Test-class metrics (%) of the checkpoint with the best validation Recall@1 (validation classes are "
-        "held out from the training classes; the test split is never used for selection). "
-        "Mean ± sample std over seeds.",
+        "Checkpoints are selected on validation classes held out from the training classes; the test split "
+        "is used once, for the numbers below.",
         "",
     ]
-    for dataset, methods in sorted(table.items()):
-        lines += [f"## {dataset}", "", "| method | seeds | " + " | ".join(label(m) for m in metrics) + " |",
-                  "|---|---|" + "---|" * len(metrics)]
-        for method, stats in methods.items():
-            cells = [_fmt(stats[m]) if m in stats else "–" for m in metrics]
-            lines.append(f"| {method} | {len(stats['seeds'])} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Per trial", "", "| dataset | method | seed | status | best step | " + " | ".join(label(m) for m in metrics) + " | MLflow run |",
-              "|---|---|---|---|---|" + "---|" * len(metrics) + "---|"]
-    for r in sorted(records, key=lambda r: (r["dataset"], r["method"], r["seed"])):
-        cells = [f"{100 * r['test'][m]:.1f}" if m in r["test"] else "–" for m in metrics]
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['seed']} | {r['status']} | {r.get('best_step')} | "
-                     + " | ".join(cells) + f" | `{r.get('mlflow_run_id')}` |")
-    lines += ["", *[f"![{p}]({p})" for p in pictures], "",
+
+
+def write_markdown(summary: dict[str, Any], sections: dict[str, list[Table]], path: Path, pictures: list[str]) -> None:
+    lines = ["# Results", "", *header_lines(summary)]
+    for name, tables in sections.items():
+        lines += [f"## {name}", ""]
+        for t in tables:
+            lines += t.markdown()
+    lines += [*[f"![{p}]({p})" for p in pictures], "",
               f"MLflow: tracking URI `{summary['mlflow_tracking_uri']}`, experiment `{summary['experiment']}`, "
               f"parent run `{summary['parent_run_id']}`.", ""]
     path.write_text("\n".join(lines))
+
+
+def write_html(summary: dict[str, Any], sections: dict[str, list[Table]], path: Path, pictures: list[Path]) -> None:
+    """One file, no external resources: tables inline, figures as data URIs."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>symm results</title><style>"
+             "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}td:first-child{text-align:left}"
+             "img{max-width:100%}</style></head><body><h1>Results</h1>",
+             f"<p>{html.escape(' '.join(header_lines(summary))).replace('`', '')}</p>"]
+    for name, tables in sections.items():
+        parts.append(f"<h2>{html.escape(name)}</h2>" + "".join(t.html() for t in tables))
+    for picture in pictures:
+        data = base64.b64encode(picture.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(picture.stem)}</h2><img alt='{html.escape(picture.name)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    path.write_text("".join(parts))
+
+
+def plot_recall_at_k(table: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(table)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for method, stats in table[dataset].items():
+            ks = sorted(int(m.rsplit("_", 1)[1]) for m in stats if m.startswith("recall_at_"))
+            means = [100 * stats[f"recall_at_{k}"]["mean"] for k in ks]
+            cis = [100 * stats[f"recall_at_{k}"]["ci95"] for k in ks]
+            ax.errorbar(ks, means, yerr=cis, marker="o", capsize=2, label=method,
+                        linestyle="-" if method.startswith("symm") else "--")
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"{dataset}: Recall@K (mean ± 95% CI over seeds)", xlabel="K", ylabel="%")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_comparison(table: dict[str, Any], path: Path) -> None:
@@ -157,10 +293,23 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def attach_to_mlflow(summary: dict[str, Any], files: list[Path]) -> None:
+    """Put the report on the sweep's parent run; a missing server must not lose the report."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=summary["mlflow_tracking_uri"])
+        for f in files:
+            client.log_artifact(summary["parent_run_id"], str(f), artifact_path="report")
+    except Exception as err:  # noqa: BLE001 - the report on disk is what matters
+        warnings.warn(f"could not attach the report to MLflow run {summary.get('parent_run_id')}: {err}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", type=Path, default=REPO_ROOT / "results" / "sweep.json")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow parent run")
     args = parser.parse_args(argv)
     if not args.sweep.exists():
         print(f"report: error: {args.sweep} not found; run `dvc repro sweep` first", file=sys.stderr)
@@ -171,13 +320,19 @@ def main(argv: list[str] | None = None) -> int:
         print("report: error: no finished trial in the sweep; see the sweep's errors", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    plot_comparison(table, args.out / "comparison.png")
-    plot_curves(summary["trials"], args.out / "curves.png")
-    write_markdown(summary, table, args.out / "results.md", ["comparison.png", "curves.png"])
+    pictures = [args.out / name for name in ("comparison.png", "recall_at_k.png", "curves.png")]
+    plot_comparison(table, pictures[0])
+    plot_recall_at_k(table, pictures[1])
+    plot_curves(summary["trials"], pictures[2])
+    sections = build_tables(summary, table, yaml.safe_load(PAPER_NUMBERS.read_text()))
+    write_markdown(summary, sections, args.out / "results.md", [p.name for p in pictures])
+    write_html(summary, sections, args.out / "index.html", pictures)
     metrics = {ds: {m: {k: v["mean"] for k, v in s.items() if isinstance(v, dict)} for m, s in methods.items()}
                for ds, methods in table.items()}
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    print(f"report: {args.out / 'results.md'}")
+    if not args.no_mlflow:
+        attach_to_mlflow(summary, [args.out / "results.md", args.out / "index.html", *pictures])
+    print(f"report: {args.out / 'results.md'} and {args.out / 'index.html'}")
     return 0
 
 
