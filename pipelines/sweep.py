@@ -67,7 +67,10 @@ def run_trial(config: dict[str, Any]) -> None:
     }
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{dataset}-{method}-seed{seed}", tags=tags) as run:
         if run_id is None:
-            mlflow.log_params({"dataset": dataset, "method": method, "seed": seed, **flatten({
+            options = method_spec.get("options", {})
+            mlflow.log_params({"dataset": dataset, "method": method, "seed": seed,
+                               "loss": options.get("loss", "-"), "negatives": options.get("negatives", "-"),
+                               "symm_mode": options.get("symm_mode", "-"), **flatten({
                 "method": method_spec, "model": science.model.model_dump(), "train": science.train.model_dump(),
                 "eval": science.eval.model_dump(), "data": science.data[dataset],
             })})
@@ -87,14 +90,15 @@ def run_trial(config: dict[str, Any]) -> None:
                              eval_cfg=science.eval, data=data, seed=seed, device=device,
                              on_eval=on_eval, resume_state=resume_state)
         test = {f"test/{k}": v for k, v in result.test.items()}
-        mlflow.log_metrics({**test, "best_step": result.best_step})
+        best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
+        mlflow.log_metrics({**test, **best_val, "best_step": result.best_step})
         example = data["test"][0][:2].numpy()
         model = result.model.cpu().eval()
         mlflow.pytorch.log_model(model, name="model", input_example=example,
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         tune.report({"epoch": result.history[-1]["epoch"] if result.history else 0, "done_training": True,
                      "best_step": result.best_step, "mlflow_run_id": run.info.run_id, **test,
-                     **{f"best_val/{k}": v for k, v in result.best_val.items()}})
+                     **best_val})
 
 
 def _init_ray(settings: ExecutionSettings) -> None:
@@ -151,6 +155,22 @@ def _trial_record(result: Any) -> dict[str, Any]:
         "mlflow_run_id": metrics.get("mlflow_run_id"),
         "history": history,
     }
+
+
+def register_best_models(records: list[dict[str, Any]]) -> None:
+    """Register each dataset's best model by VALIDATION Recall@1 as `symm-<dataset>`, alias `best-val`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for dataset in sorted({r["dataset"] for r in records}):
+        finished = [r for r in records if r["dataset"] == dataset and r["status"] == "ok" and r["mlflow_run_id"]]
+        if not finished:
+            continue
+        best = max(finished, key=lambda r: r["best_val"].get("recall_at_1", float("-inf")))
+        version = mlflow.register_model(f"runs:/{best['mlflow_run_id']}/model", f"symm-{dataset}")
+        client.set_registered_model_alias(f"symm-{dataset}", "best-val", version.version)
+        client.set_model_version_tag(f"symm-{dataset}", version.version, "method", best["method"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
             os.replace(tmp, args.out)
             mlflow.log_artifact(str(args.out))
+            register_best_models(records)
     finally:
         import ray
 

@@ -83,11 +83,17 @@ def test_mlflow_has_a_parent_run_and_one_child_per_trial(pipeline_repo):
         assert run.info.status == "FINISHED"
         assert {"test/recall_at_1", "test/recall_at_8", "test/nmi", "test/f1", "val/recall_at_1", "train/loss"} <= set(run.data.metrics)
         assert run.data.tags["code_version"] != "unknown" and run.data.tags["data_hash"]
+        assert run.data.params["loss"] == "npair" and run.data.params["negatives"] in ("none", "symm")
         history = client.get_metric_history(run.info.run_id, "val/recall_at_1")
         assert [m.step for m in history] == [1, 2]  # one value per epoch (validation pass)
         if run.data.params["method"] == "symm_npair":
             assert 0.0 <= run.data.metrics["train/synthetic_share"] <= 1.0
         model_uri = f"runs:/{run.info.run_id}/model"
+    best = client.get_model_version_by_alias("symm-glyphs", "best-val")
+    best_run = next(r for r in children if r.info.run_id == best.run_id)
+    # registered by validation, never by test
+    assert best_run.data.metrics["best_val/recall_at_1"] == max(r.data.metrics["best_val/recall_at_1"] for r in children)
+    assert {"results.md", "index.html"} <= {a.path.split("/")[-1] for a in client.list_artifacts(parents[0].info.run_id, "report")}
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(model_uri)
     import torch
