@@ -293,6 +293,76 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _placeholder(path: Path, reason: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 1.2))
+    fig.text(0.5, 0.5, f"embedding map not drawn: {reason}", ha="center", va="center")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return False
+
+
+def plot_embedding_maps(summary: dict[str, Any], table: dict[str, Any], path: Path, n_classes: int = 10,
+                        per_class: int = 50) -> bool:
+    """t-SNE of test embeddings: the best Symm run (by validation R@1) beside its baseline, same seed.
+
+    Embeddings come from the runs' MLflow artifacts; if unavailable the figure says why.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow.tracking import MlflowClient
+    from sklearn.manifold import TSNE
+
+    pairs = []
+    for dataset in sorted(table):
+        runs = [r for r in summary["trials"] if r["dataset"] == dataset and r["status"] == "ok" and r.get("mlflow_run_id")]
+        symm = [r for r in runs if baseline_of(r["method"], list(table[dataset]))]
+        if not symm:
+            continue
+        best = max(symm, key=lambda r: r["best_val"].get("recall_at_1", float("-inf")))
+        base = next((r for r in runs if r["method"] == baseline_of(best["method"], list(table[dataset])) and r["seed"] == best["seed"]), None)
+        if base is not None:
+            pairs.append((dataset, base, best))
+    if not pairs:
+        return _placeholder(path, "no Symm run with a baseline at the same seed")
+    try:
+        client = MlflowClient(tracking_uri=summary["mlflow_tracking_uri"])
+        loaded = {}
+        for _, *runs in pairs:
+            for r in runs:
+                local = client.download_artifacts(r["mlflow_run_id"], "embeddings/test.npz")
+                with np.load(local) as f:
+                    loaded[r["mlflow_run_id"]] = (f["embeddings"], f["labels"])
+    except Exception as err:  # noqa: BLE001 - the rest of the report must still be written
+        warnings.warn(f"no embedding map: test embeddings not available from MLflow ({err})")
+        return _placeholder(path, "test embeddings not available from MLflow")
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 5 * len(pairs)), squeeze=False)
+    for row, (dataset, *runs) in enumerate(pairs):
+        for ax, r in zip(axes[row], runs):
+            emb, labels = loaded[r["mlflow_run_id"]]
+            keep = np.zeros(len(labels), dtype=bool)  # the same classes and items in both panels
+            for c in np.unique(labels)[:n_classes]:
+                keep[np.flatnonzero(labels == c)[:per_class]] = True
+            emb = emb[keep] / np.linalg.norm(emb[keep], axis=1, keepdims=True).clip(1e-12)
+            xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=20, max_iter=250).fit_transform(emb)
+            class_index = np.searchsorted(np.unique(labels[keep]), labels[keep])
+            ax.scatter(xy[:, 0], xy[:, 1], c=class_index, cmap="tab10", vmin=0, vmax=9, s=8)
+            ax.set_title(f"{dataset} · {r['method']} · seed {r['seed']} (R@1 {100 * r['test']['recall_at_1']:.1f}%)", fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"t-SNE of test embeddings: first {n_classes} test classes, {per_class} items each, coloured by class", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def attach_to_mlflow(summary: dict[str, Any], files: list[Path]) -> None:
     """Put the report on the sweep's parent run; a missing server must not lose the report."""
     try:
@@ -324,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     plot_comparison(table, pictures[0])
     plot_recall_at_k(table, pictures[1])
     plot_curves(summary["trials"], pictures[2])
+    if args.no_mlflow:
+        _placeholder(args.out / "embedding_map.png", "--no-mlflow")
+    else:
+        plot_embedding_maps(summary, table, args.out / "embedding_map.png")
+    pictures.append(args.out / "embedding_map.png")
     sections = build_tables(summary, table, yaml.safe_load(PAPER_NUMBERS.read_text()))
     write_markdown(summary, sections, args.out / "results.md", [p.name for p in pictures])
     write_html(summary, sections, args.out / "index.html", pictures)

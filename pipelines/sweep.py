@@ -34,12 +34,13 @@ RESULTS_PATH = REPO_ROOT / "results" / "sweep.json"
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune trainable: one (dataset, method, seed), logged to its own MLflow child run."""
     import mlflow
+    import numpy as np
     import torch
     from ray import tune
 
     from symm.config import parse_science_params
     from symm.data.prepared import load_split
-    from symm.training import EvalEvent, train_trial
+    from symm.training import EvalEvent, embed, train_trial
 
     science = parse_science_params(config["science"])
     dataset, method, seed = config["dataset"], config["method"], config["seed"]
@@ -92,6 +93,10 @@ def run_trial(config: dict[str, Any]) -> None:
         test = {f"test/{k}": v for k, v in result.test.items()}
         best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
         mlflow.log_metrics({**test, **best_val, "best_step": result.best_step})
+        with tempfile.TemporaryDirectory() as tmp:  # test embeddings of the selected model, for the report's map
+            test_embeddings = embed(result.model, data["test"][0].to(device), science.eval.batch_size).cpu()
+            np.savez(Path(tmp) / "test.npz", embeddings=test_embeddings.numpy(), labels=data["test"][1].numpy())
+            mlflow.log_artifact(str(Path(tmp) / "test.npz"), artifact_path="embeddings")
         example = data["test"][0][:2].numpy()
         model = result.model.cpu().eval()
         mlflow.pytorch.log_model(model, name="model", input_example=example,

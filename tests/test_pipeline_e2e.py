@@ -61,6 +61,7 @@ def test_report_has_every_metric_for_both_methods_over_three_seeds(pipeline_repo
         for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "nmi", "f1"):
             assert 0.0 <= metrics["glyphs"][method][key] <= 1.0
     assert (repo / "reports" / "comparison.png").stat().st_size > 10_000
+    assert (repo / "reports" / "embedding_map.png").stat().st_size > 20_000  # a real t-SNE, not the placeholder
     manifest = json.loads((repo / "data" / "prepared" / "glyphs" / "manifest.json").read_text())
     assert manifest["dataset"] == "glyphs"
 

@@ -92,4 +92,4 @@ def test_index_html_is_self_contained(sweep):
     finder = ResourceFinder()
     finder.feed((out / "index.html").read_text())
     assert finder.external == []
-    assert finder.images == 3
+    assert finder.images == 4
