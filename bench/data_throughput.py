@@ -16,10 +16,14 @@ measures images/second of a training loader with the ``official`` augmentation a
   uint8 and the main process converts (here on the CPU, timed; on a GPU this step is the GPU's).
 
 Same batch size, same number of workers, both read from a warm page cache. Rounds interleave the
-pipelines and the best round is reported; it also prints each pipeline's per-image cost in one
-process (no DataLoader), which predicts throughput with more workers (images/s ≈ workers × 1000 / ms).
+pipelines and the best round is reported. Because the wall-clock rate depends on whatever else the
+machine runs, it also reports the CPU time spent per delivered image by all processes (main +
+workers, read from /proc over the timed window: independent of other load) and each pipeline's
+per-image cost in one process (no DataLoader), which predicts throughput with more workers
+(images/s ≈ workers × 1000 / ms).
 
     python -m bench.data_throughput [--images 2000] [--workers 2] [--batches 30] [--rounds 2]
+                                    [--markdown docs/benchmarks.md]
 """
 from __future__ import annotations
 
@@ -33,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -73,7 +76,9 @@ def imagefolder_loader(images_dir: Path, batch_size: int, workers: int) -> torch
         transforms.Normalize(mean=[123.69 / 255, 116.78 / 255, 103.94 / 255], std=[1 / 255] * 3),
     ])
     ds = datasets.ImageFolder(str(images_dir), transform=tf)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+    # one long shuffled "epoch" (several permutations): no worker restart inside a measurement
+    sampler = torch.utils.data.RandomSampler(ds, num_samples=100 * len(ds))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=True, persistent_workers=False,
                                        prefetch_factor=4 if workers else None)
 
@@ -87,14 +92,32 @@ def packed_loader(prepared: Path, batch_size: int, workers: int, steps: int, nor
                              seed=0, num_workers=workers, device="cpu", normalize_in=normalize_in)
 
 
-def measure(make, batches: int, warmup: int = 3) -> tuple[float, float]:  # noqa: ANN001
-    """(images/s over `batches` batches after `warmup`, seconds to the first batch)."""
+def _cpu_seconds_of_children() -> dict[int, float]:
+    """utime + stime of this process's child processes (the DataLoader workers), from /proc."""
+    me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # ppid
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def measure(make, batches: int, warmup: int = 3) -> tuple[float, float, float]:  # noqa: ANN001
+    """(images/s and CPU ms per image, all processes, over `batches` batches after `warmup`;
+    seconds to the first batch). CPU time does not depend on what else the machine runs."""
     t0 = time.perf_counter()
     loader = make()
     it = iter(loader)
     first = None
     n_images = 0
-    start = None
+    start = cpu0 = kids0 = None
     for k in range(warmup + batches):
         try:
             images, _ = next(it)
@@ -104,12 +127,14 @@ def measure(make, batches: int, warmup: int = 3) -> tuple[float, float]:  # noqa
         if first is None:
             first = time.perf_counter() - t0
         if k == warmup - 1:
-            start = time.perf_counter()
+            start, cpu0, kids0 = time.perf_counter(), time.process_time(), _cpu_seconds_of_children()
         elif k >= warmup:
             n_images += images.shape[0]
     elapsed = time.perf_counter() - start
+    kids1 = _cpu_seconds_of_children()
+    cpu = time.process_time() - cpu0 + sum(v - kids0.get(pid, 0.0) for pid, v in kids1.items())
     del it
-    return n_images / elapsed, first
+    return n_images / elapsed, 1000 * cpu / n_images, first
 
 
 def per_image_ms(fn, n: int) -> float:  # noqa: ANN001
@@ -120,12 +145,36 @@ def per_image_ms(fn, n: int) -> float:  # noqa: ANN001
     return 1000 * (time.perf_counter() - t) / n
 
 
-def print_prepare(prep_rows: list, workers: int, src_bytes: int, n_files: int) -> None:
-    print("| prepare storage | s per 1,000 images | MB per 1,000 images |")
-    print("|---|---|---|")
+def prepare_lines(prep_rows: list, workers: int, src_bytes: int, n_files: int) -> list[str]:
+    lines = ["| prepare, storage | s per 1,000 images | MB per 1,000 images |", "|---|---|---|"]
     for storage, _, per_k, per_img in prep_rows:
-        print(f"| {storage} | {per_k:.1f} | {per_img * 1000 / 1e6:.0f} |")
-    print(f"(prepare with {workers} worker processes; source JPEGs {src_bytes / n_files * 1000 / 1e6:.0f} MB per 1,000)")
+        lines.append(f"| {storage} | {per_k:.1f} | {per_img * 1000 / 1e6:.0f} |")
+    lines.append("")
+    lines.append(f"(prepare: {workers} worker processes, short side 256; the source JPEGs are "
+                 f"{src_bytes / n_files * 1000 / 1e6:.0f} MB per 1,000)")
+    return lines
+
+
+SECTION = "## Data loading throughput"
+RESULTS_BEGIN = "<!-- data_throughput results: begin -->"
+RESULTS_END = "<!-- data_throughput results: end -->"
+
+
+def write_section(path: Path, lines: list[str]) -> None:
+    """Put the results between the markers of our section; create the section if missing.
+
+    Only the text between the markers is replaced: the prose of the section and every other
+    section of the file stay as they are.
+    """
+    block = "\n".join([RESULTS_BEGIN, *lines, RESULTS_END])
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        head, rest = text.split(RESULTS_BEGIN, 1)
+        text = head + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -140,6 +189,8 @@ def main() -> None:
     parser.add_argument("--prepare-workers", type=int, default=None, help="default: --workers")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     parser.add_argument("--skip-loaders", action="store_true", help="only time prepare")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help=f"also write the results into this file's {SECTION!r} section (e.g. docs/benchmarks.md)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     torch.set_num_threads(1)
@@ -171,9 +222,11 @@ def main() -> None:
             prep_rows.append((storage, dt, 1000 * dt / n_files, size / n_files))
             prepared[storage] = out
 
-        # per-image cost in one process (decode + augmentation, no DataLoader)
-        from torchvision import datasets
+        if args.skip_loaders:
+            print("\n".join(prepare_lines(prep_rows, pw, src_bytes, n_files)))
+            return
 
+        # per-image cost in one process (decode + augmentation, no DataLoader)
         from symm.data.augment import get_preset
         from symm.data.loaders import PackedDataset
 
@@ -183,12 +236,8 @@ def main() -> None:
             for label, norm in (("", get_preset("official")), (", uint8 out", None)):
                 ds = PackedDataset(path, "train", get_preset("official").train, normalize=norm)
                 costs[f"packed-{storage}{label}"] = per_image_ms(lambda i, ds=ds: ds[(i % len(ds), (0, 0, i))], 200)
-        del datasets
 
         steps = (args.batches + 5) * args.rounds * 2
-        if args.skip_loaders:
-            print_prepare(prep_rows, pw, src_bytes, n_files)
-            return
         makers = {
             "imagefolder+PIL": lambda: imagefolder_loader(root / "images", args.batch, args.workers),
             "packed-raw": lambda: packed_loader(prepared["raw"], args.batch, args.workers, steps, "workers"),
@@ -196,24 +245,38 @@ def main() -> None:
             "packed-jpeg": lambda: packed_loader(prepared["jpeg"], args.batch, args.workers, steps, "workers"),
             "packed-jpeg, uint8 out": lambda: packed_loader(prepared["jpeg"], args.batch, args.workers, steps, "device"),
         }
-        results: dict[str, list[tuple[float, float]]] = {k: [] for k in makers}
+        results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in makers}
         for _ in range(args.rounds):
             for name, make in makers.items():
                 results[name].append(measure(make, args.batches))
 
-        print()
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
-              f"{torch.__version__}; workers={args.workers}; batch={args.batch}; {args.batches} timed batches, "
-              f"best of {args.rounds} rounds; official augmentation at 227 px")
+        lines = [
+            f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}: {n_files} generated JPEGs {width}x{height} "
+            f"({src_bytes / n_files / 1024:.0f} KiB each), {args.workers} DataLoader workers, batch {args.batch}, "
+            f"{args.batches} timed batches after 3 warm-up ones, {args.rounds} interleaved rounds "
+            f"(`python -m bench.data_throughput --workers {args.workers} --rounds {args.rounds} "
+            f"--batches {args.batches}`).",
+            "",
+            "| pipeline | images/s, best (median) | × ImageFolder | CPU ms per image, all processes | × less CPU | "
+            "per image, 1 process (ms) | first batch (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         base = max(r[0] for r in results["imagefolder+PIL"])
-        print(f"| pipeline | images/s | × ImageFolder | first batch (s) | per image, 1 process (ms) |")
-        print("|---|---|---|---|---|")
+        base_cpu = statistics.median(r[1] for r in results["imagefolder+PIL"])
         for name, rows in results.items():
             best = max(r[0] for r in rows)
-            first = statistics.median(r[1] for r in rows)
-            print(f"| {name} | {best:,.0f} | {best / base:.2f} | {first:.2f} | {costs[name]:.2f} |")
+            median = statistics.median(r[0] for r in rows)
+            cpu = statistics.median(r[1] for r in rows)
+            first = statistics.median(r[2] for r in rows)
+            lines.append(f"| {name} | {best:,.0f} ({median:,.0f}) | {best / base:.2f} | {cpu:.2f} | "
+                         f"{base_cpu / cpu:.1f} | {costs[name]:.2f} | {first:.2f} |")
+        lines += ["", *prepare_lines(prep_rows, pw, src_bytes, n_files)]
         print()
-        print_prepare(prep_rows, pw, src_bytes, n_files)
+        print("\n".join(lines))
+        if args.markdown is not None:
+            write_section(args.markdown, lines)
+            print(f"\nupdated the results in {args.markdown} (section {SECTION!r})")
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

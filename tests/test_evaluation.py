@@ -3,10 +3,14 @@
 Each test names its reference: brute-force numpy (full N x N similarity and explicit
 Python loops), pytorch-metric-learning's AccuracyCalculator, sklearn's NMI, an
 explicit O(N^2) pair loop, or a hand-built case whose answer is known.
+
+Retrieval has two engines (numpy: CPU; torch: GPU tensors); the brute-force tests run
+both, the torch one on the CPU.
 """
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import math
 from pathlib import Path
@@ -18,6 +22,7 @@ import torch
 from symm import evaluation as ev
 
 KS = (1, 2, 4, 8)
+ENGINES = ("numpy", "torch")
 
 
 # ---------------------------------------------------------------- brute-force reference
@@ -93,11 +98,12 @@ def tie_set(seed: int, n: int = 48, n_classes: int = 5):
 # ---------------------------------------------------------------- retrieval vs brute force
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("seed,n,d,c", [(0, 60, 8, 6), (1, 97, 16, 12), (2, 40, 3, 20)])
-def test_retrieval_matches_brute_force(seed, n, d, c):
+def test_retrieval_matches_brute_force(seed, n, d, c, engine):
     # Reference: brute-force numpy loops. (2, 40, 3, 20) has lone labels too.
     x, y = random_set(seed, n, d, c)
-    assert_matches_brute(x, y, ks=(1, 2, 3, 4, 8, 16))
+    assert_matches_brute(x, y, ks=(1, 2, 3, 4, 8, 16, 1000), engine=engine)
 
 
 def test_wrappers_match_brute_force():
@@ -110,31 +116,158 @@ def test_wrappers_match_brute_force():
     assert rp == pytest.approx(ref["r_precision"], abs=1e-12)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("chunk_size", [1, 5, None])
-def test_exact_ties_match_brute_force_tie_break(seed, chunk_size):
+def test_exact_ties_match_brute_force_tie_break(seed, chunk_size, engine):
     # Reference: brute-force numpy loops with the same (similarity desc, index asc)
-    # tie-break, on a set full of duplicate embeddings (exercises both the topk fast
-    # path and the full-sort fallback for ties straddling the cut).
+    # tie-break, on a set full of duplicate embeddings (torch engine: exercises both the
+    # topk fast path and the full-sort fallback for ties straddling the cut; numpy
+    # engine: the index tie-break of the first-positive count and of the top-R ranking).
     x, y = tie_set(seed)
-    assert_matches_brute(x, y, ks=(1, 2, 3, 4, 8, 30), chunk_size=chunk_size)
+    assert_matches_brute(x, y, ks=(1, 2, 3, 4, 8, 30), chunk_size=chunk_size, engine=engine)
 
 
-def test_tie_break_prefers_lower_index():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tie_break_prefers_lower_index(engine):
     # Reference: hand-built case. For query 0, items 1 and 2 are identical (exact tie at
     # similarity 0); the lower index (1) must rank first, so its label decides recall@1.
     x = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=np.float32)
     # Item 1 has the wrong label: q0 misses at rank 1; q2 (ranking [1, 0]) misses too;
     # q1 is a lone label and is excluded. A higher-index tie-break would give q0 a hit.
-    res = ev.retrieval_metrics(x, np.array([0, 1, 0]), (1, 2))
+    res = ev.retrieval_metrics(x, np.array([0, 1, 0]), (1, 2), engine=engine)
     assert res.recall == {1: 0.0, 2: 1.0}
     assert res.map_at_r == 0.0
     assert res.n_queries_excluded == 1
     # Item 1 has the right label: q0 hits at rank 1; q1 (ranking [2, 0]) misses at 1.
-    res = ev.retrieval_metrics(x, np.array([0, 0, 1]), (1, 2))
+    res = ev.retrieval_metrics(x, np.array([0, 0, 1]), (1, 2), engine=engine)
     assert res.recall == {1: 0.5, 2: 1.0}
     assert res.map_at_r == 0.5
     assert res.r_precision == 0.5
+
+
+def varied_set(seed: int):
+    """Small random set with a varied class structure, ties or not (for the fuzz test).
+
+    Class layouts: many small classes, one class holding about half the items, three
+    classes, or equal blocks; embeddings either Gaussian (float64 or float32) or the
+    exact-arithmetic tie prototypes of :func:`tie_set`.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 120))
+    layout = rng.integers(0, 4)
+    if layout == 0:
+        y = rng.integers(0, max(1, n // 4), size=n)
+    elif layout == 1:
+        y = np.where(rng.random(n) < 0.5, 0, rng.integers(1, n, size=n))
+    elif layout == 2:
+        y = rng.integers(0, 3, size=n)
+    else:
+        y = np.arange(n) // int(rng.integers(1, 6))
+    d = int(rng.integers(1, 8))
+    if rng.random() < 0.5:
+        protos = np.array(list(itertools.product([-0.5, 0.5], repeat=4)), dtype=np.float32)
+        x = protos[rng.integers(0, len(protos), size=n)]
+    else:
+        x = rng.normal(size=(n, d))
+        if rng.random() < 0.5:
+            x = x.astype(np.float32)
+    return x, y
+
+
+# Internal budgets of the numpy engine, shrunk so that small sets run every path: many
+# tiles in the symmetric pass (both directions, stores filling and full, the group-max
+# cut), queries of "large" classes on full rows, candidate batches, short chunks.
+NUMPY_LIMITS = {
+    "default": {},
+    "small_tiles": {"_NP_BLOCK": 4, "_NP_GROUPS": 2},
+    "mixed": {
+        "_NP_BLOCK": 9,
+        "_NP_GROUPS": 3,
+        "_NP_STATE_ELEMENTS": 150,
+        "_NP_CANDIDATES": 5,
+        "_NP_POSITIVE_ELEMENTS": 7,
+    },
+    "full_rows": {"_NP_STATE_ELEMENTS": 1, "_NP_CANDIDATES": 5, "_NP_GROUPS": 2},
+    "small_tiles_dense": {"_NP_BLOCK": 5, "_NP_GROUPS": 2, "_NP_DENSE_SHARE": 0.0},
+    "small_tiles_sparse": {"_NP_BLOCK": 6, "_NP_GROUPS": 2, "_NP_DENSE_SHARE": 2.0},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def varied_case(seed: int):
+    """(x, y, brute-force reference) of :func:`varied_set`, or None without any pair."""
+    x, y = varied_set(seed)
+    if np.unique(y, return_counts=True)[1].max() < 2:
+        return None
+    return x, y, brute_force_retrieval(x, y, FUZZ_KS)
+
+
+FUZZ_KS = (1, 2, 3, 5, 10, 1000)
+
+
+@pytest.mark.parametrize(
+    "engine,limits,n_sets",
+    [("torch", "default", 60)] + [("numpy", name, 200) for name in NUMPY_LIMITS],
+)
+def test_fuzz_matches_brute_force(engine, limits, n_sets, monkeypatch):
+    # Reference: brute-force numpy loops, on up to 200 sets with varied class layouts
+    # (lone items, one class of ~N/2, 3 classes), with and without exact ties, K up to
+    # 1000 > N, three chunk sizes.
+    for name, value in NUMPY_LIMITS[limits].items():
+        monkeypatch.setattr(ev, name, value)
+    for seed in range(n_sets):
+        case = varied_case(seed)
+        if case is None:
+            continue
+        x, y, ref = case
+        for chunk_size in (None, 3, 7):
+            res = ev.retrieval_metrics(x, y, FUZZ_KS, chunk_size=chunk_size, engine=engine)
+            where = f"seed {seed}, chunk_size {chunk_size}"
+            assert res.recall == pytest.approx(ref["recall"], abs=1e-12), where
+            assert res.map_at_r == pytest.approx(ref["map_at_r"], abs=1e-12), where
+            assert res.r_precision == pytest.approx(ref["r_precision"], abs=1e-12), where
+            assert res.n_queries_excluded == ref["excluded"], where
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_all_identical_embeddings(engine):
+    # Reference: brute-force loops; every similarity ties, so ranking is by index alone.
+    y = np.random.default_rng(13).integers(0, 6, size=40)
+    x = np.ones((40, 5), dtype=np.float32)
+    assert_matches_brute(x, y, ks=(1, 2, 5, 39), engine=engine)
+
+
+def test_engines_agree_on_larger_set():
+    # Reference: the torch engine (top-k based) against the numpy engine (counting based)
+    # on 1,500 float64 points in 300 classes of 1-9 items: identical recall, MAP@R, RP.
+    rng = np.random.default_rng(14)
+    y = np.repeat(np.arange(300), rng.integers(1, 10, size=300))
+    x = rng.normal(size=(300, 16))[y] * 0.5 + rng.normal(size=(y.size, 16))
+    a = ev.retrieval_metrics(x, y, (1, 10, 100, 1000), engine="numpy")
+    b = ev.retrieval_metrics(torch.from_numpy(x), torch.from_numpy(y), (1, 10, 100, 1000), engine="torch")
+    assert a.recall == b.recall
+    assert a.map_at_r == pytest.approx(b.map_at_r, abs=1e-12)
+    assert a.r_precision == pytest.approx(b.r_precision, abs=1e-12)
+    assert a.n_queries_excluded == b.n_queries_excluded > 0
+
+
+def test_unknown_engine_rejected():
+    # Reference: the documented engines.
+    x, y = random_set(15, 10, 4, 2)
+    with pytest.raises(ValueError, match="engine"):
+        ev.retrieval_metrics(x, y, engine="faiss")
+
+
+def test_row_counts_fast_path_matches_plain_sum():
+    # Reference: numpy's plain per-row sum of a boolean array.
+    rng = np.random.default_rng(16)
+    width = 3 * ev._COUNT_BLOCK
+    for density in (0.0, 0.01, 0.5, 1.0):
+        mask = rng.random((7, width)) < density
+        assert mask.flags.c_contiguous and width % ev._COUNT_BLOCK == 0
+        np.testing.assert_array_equal(ev._row_counts(mask), mask.sum(axis=1))
+        np.testing.assert_array_equal(ev._row_counts(mask[:, :1000]), mask[:, :1000].sum(axis=1))
 
 
 # ---------------------------------------------------------------- vs pytorch-metric-learning
@@ -211,22 +344,24 @@ def test_cuda_matches_cpu():
 # ---------------------------------------------------------------- lone labels
 
 
-def test_lone_label_queries_excluded_and_counted():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_lone_label_queries_excluded_and_counted(engine):
     # Reference: brute-force loops (which skip queries with R = 0), plus the count by hand.
     x, y = random_set(7, 50, 8, 5)
     y = y.copy()
     y[[3, 17, 31, 44]] = [900, 901, 902, 903]  # four singletons; still retrievable distractors
-    res = assert_matches_brute(x, y)
+    res = assert_matches_brute(x, y, engine=engine)
     assert res.n_queries_excluded == 4
     assert res.n_queries == 46
     assert ev.count_lone_queries(y) == 4
     assert ev.evaluate(x, y)["n_queries_excluded"] == 4
 
 
-def test_all_lone_gives_nan():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_all_lone_gives_nan(engine):
     # Reference: definition (no scorable query -> undefined scores).
     x, y = random_set(8, 10, 4, 2)
-    res = ev.retrieval_metrics(x, np.arange(10))
+    res = ev.retrieval_metrics(x, np.arange(10), engine=engine)
     assert res.n_queries_excluded == 10
     assert math.isnan(res.recall[1]) and math.isnan(res.map_at_r)
 
@@ -283,6 +418,66 @@ def test_pairwise_f1_matches_pair_loop(seed, n, a, b):
     assert ev.pairwise_f1(labels, clusters) == pytest.approx(
         brute_pairwise_f1(labels, clusters), abs=1e-12
     )
+
+
+def test_sparse_contingency_many_classes_matches_sklearn():
+    # Reference: sklearn's NMI and an O(N^2) pair loop, with 400 classes x 350 clusters
+    # over 1,200 items (most contingency cells empty: the sparse table's case).
+    from sklearn.metrics import normalized_mutual_info_score
+
+    rng = np.random.default_rng(17)
+    labels = rng.integers(0, 400, size=1200)
+    clusters = np.where(rng.random(1200) < 0.7, labels % 350, rng.integers(0, 350, size=1200))
+    expected = normalized_mutual_info_score(labels, clusters, average_method="arithmetic")
+    assert ev.nmi(labels, clusters) == pytest.approx(expected, abs=1e-10)
+    assert ev.pairwise_f1(labels, clusters) == pytest.approx(brute_pairwise_f1(labels, clusters), abs=1e-12)
+
+
+def test_cluster_scores_is_plain_faiss_kmeans(capfd):
+    # Reference: faiss.Kmeans called directly (same k, seed, niter, nredo) and faiss's own
+    # nearest-centroid search: the same assignments (ours: one NumPy matrix product).
+    # Also: no faiss "please provide at least ... training points" warning, which 60
+    # points in 20 classes would trigger.
+    import faiss
+
+    x, y = random_set(18, 60, 8, 20)
+    xn = np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+    for niter, nredo in ((5, 1), (ev.DEFAULT_KMEANS_NITER, 2)):
+        km = faiss.Kmeans(8, len(np.unique(y)), niter=niter, nredo=nredo, seed=4, verbose=False)
+        km.train(xn)
+        _, ref = km.index.search(xn, 1)
+        capfd.readouterr()
+        out = ev.cluster_scores(x, y, seed=4, niter=niter, nredo=nredo)
+        assert "WARNING" not in capfd.readouterr().err
+        np.testing.assert_array_equal(out["assignments"], ref.reshape(-1))
+
+
+def test_nearest_centroid_matches_brute_force():
+    # Reference: full float64 distance matrix and argmin (lowest index on ties), on
+    # random points and on exact duplicates of centroids (ties).
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    c = rng.normal(size=(37, 16)).astype(np.float32)
+    c[5] = c[3]  # two identical centroids: x nearest to them must pick 3
+    x[:10] = c[3]
+    d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(ev._nearest_centroid(x, c), d.argmin(axis=1))
+
+
+def test_kmeans_options_validated_and_defaulted():
+    # Reference: the documented defaults (20 iterations, 1 run) and option checks.
+    import inspect
+
+    assert ev.DEFAULT_KMEANS_NITER == 20
+    for fn in (ev.cluster_scores, ev.evaluate):
+        params = inspect.signature(fn).parameters
+        assert params["niter"].default == ev.DEFAULT_KMEANS_NITER
+        assert params["nredo"].default == 1
+    x, y = random_set(19, 30, 4, 3)
+    with pytest.raises(ValueError, match="niter"):
+        ev.cluster_scores(x, y, niter=0)
+    with pytest.raises(ValueError, match="nredo"):
+        ev.cluster_scores(x, y, nredo=0)
 
 
 def test_perfect_clustering_scores_one():
@@ -347,3 +542,37 @@ def test_module_does_not_import_orchestration_libraries():
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert not names & {"ray", "mlflow", "dvc"}
+
+
+# ---------------------------------------------------------------- the SOP-scale benchmark
+
+
+def test_bench_class_sizes_are_sop_shaped():
+    # Reference: SOP's test split -- 60,502 items in 11,316 classes of 2-12 items.
+    from bench.evaluation import class_sizes
+
+    sizes = class_sizes(60_502, 11_316, 2, 12, np.random.default_rng(0))
+    assert sizes.sum() == 60_502 and sizes.size == 11_316
+    assert sizes.min() == 2 and sizes.max() == 12
+    assert np.bincount(sizes)[2] > np.bincount(sizes)[12]  # skewed to small, like SOP
+
+
+def test_bench_writes_only_its_own_docs_section(tmp_path):
+    # Reference: a hand-written docs/benchmarks.md with sections by others before and
+    # after ours; rewriting ours twice must leave theirs byte-identical.
+    from bench.evaluation import SECTION, write_section
+
+    path = tmp_path / "benchmarks.md"
+    before = "# Benchmarks\n\n## Loss cost\n\nkeep me\n\n"
+    after = "## Data throughput\n\nkeep me too\n"
+    path.write_text(before + f"{SECTION}\n\nold\n\n" + after)
+    write_section(f"{SECTION}\n\nfirst\n", path)
+    write_section(f"{SECTION}\n\nsecond\n", path)
+    assert path.read_text() == before + f"{SECTION}\n\nsecond\n\n" + after
+    appended = tmp_path / "others.md"
+    appended.write_text(before + after)
+    write_section(f"{SECTION}\n\nnew\n", appended)
+    assert appended.read_text() == before + after + f"\n{SECTION}\n\nnew\n"
+    fresh = tmp_path / "new.md"
+    write_section(f"{SECTION}\n\nx\n", fresh)
+    assert fresh.read_text().startswith("# Benchmarks\n\n" + SECTION)

@@ -1,5 +1,9 @@
 """Loading a prepared dataset directory (train/val/test ``.npz`` files + ``manifest.json``).
 
+This is the in-memory path of small datasets (glyphs). The image benchmarks (CUB, CARS196, SOP)
+are prepared in the packed format (:mod:`symm.data.packed`) and read through
+:mod:`symm.data.loaders`; ``load_split`` says so when pointed at one.
+
 Why a separate module: training code only needs tensors, not the renderer; keeping this tiny
 means loaders don't pull in fontTools/PIL, and the error for a missing file tells the user the
 one command that creates it.
@@ -27,12 +31,23 @@ def _dataset_hint(prepared_dir: Path) -> str:
     return prepared_dir.name or "<dataset>"
 
 
+def _is_packed_images(prepared_dir: Path) -> bool:
+    from symm.data.packed import is_packed
+
+    return is_packed(prepared_dir)
+
+
 def load_split(prepared_dir: Path | str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float32 (N, 1, H, W) in [0, 1] and labels as int64 (N,) for one split."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     prepared_dir = Path(prepared_dir)
     path = prepared_dir / f"{split}.npz"
+    if not path.is_file() and _is_packed_images(prepared_dir):
+        raise ValueError(
+            f"{prepared_dir} is a packed image dataset ({_dataset_hint(prepared_dir)}): it is too large to "
+            "load as one tensor; read it with symm.data.loaders.make_train_loader / make_eval_loader"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"prepared split not found: {path}. Create it with "
