@@ -130,6 +130,7 @@ def main() -> None:
         from pathlib import Path
 
         path = Path(args.markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
         old = path.read_text() if path.exists() else "# Benchmarks\n"
         if "## Loss overhead" in old:
             before, rest = old.split("## Loss overhead", 1)
