@@ -57,7 +57,7 @@ MEASUREMENTS = {
     "ours": ("(a) ours: retrieval_metrics", "Recall@1/10/100/1000 + MAP@R + R-Precision, exact"),
     "pml": ("(b) PML AccuracyCalculator", 'P@1 + MAP@R + R-Precision, k="max_bin_count"'),
     "floor": ("(c) faiss IndexFlatIP kNN", f"k = {KNN_K}, neighbours only (the floor)"),
-    "ours_clustering": ("(d) ours: cluster_scores", f"faiss k-means ({KMEANS_NITER} it) + assignment + NMI + F1"),
+    "ours_clustering": ("(d) ours: cluster_scores", f"faiss k-means (<= {KMEANS_NITER} it) + assignment + NMI + F1"),
     "kmeans": ("(e) faiss k-means", f"{KMEANS_NITER} iterations, training only"),
 }
 
@@ -280,18 +280,21 @@ def build_report(args, runs: dict[str, list[dict]], info: dict, data_desc: str, 
         head += " all walls s |"
         sep += "---|"
 
+    def ratio(a: str, b: str, target: float) -> tuple[str, str]:
+        """Best-of ratio, and the ratio within each round (measured minutes apart)."""
+        rounds = ", ".join(f"{x['wall_s'] / y['wall_s']:.2f}" for x, y in zip(runs[a], runs[b]))
+        return fmt_ratio(best[a]["wall_s"] / best[b]["wall_s"], target), rounds
+
     checks = []
     if "ours" in best and "floor" in best:
-        checks.append(("retrieval time: (a) / (c) floor", fmt_ratio(best["ours"]["wall_s"] / best["floor"]["wall_s"], 1.2)))
+        checks.append(("retrieval time: (a) / (c) floor", *ratio("ours", "floor", 1.2)))
     if "ours" in best and "pml" in best:
-        checks.append(("retrieval time: (a) / (b) PML", fmt_ratio(best["ours"]["wall_s"] / best["pml"]["wall_s"], 0.8)))
+        checks.append(("retrieval time: (a) / (b) PML", *ratio("ours", "pml", 0.8)))
     if "ours" in best:
-        checks.append(("retrieval peak RSS (a), GB", fmt_ratio(best["ours"]["peak_rss_gb"], 2.0)))
+        peaks = ", ".join(f"{x['peak_rss_gb']:.2f}" for x in runs["ours"])
+        checks.append(("retrieval peak RSS (a), GB", fmt_ratio(best["ours"]["peak_rss_gb"], 2.0), peaks))
     if "ours_clustering" in best and "kmeans" in best:
-        checks.append((
-            "clustering time: (d) / (e) k-means",
-            fmt_ratio(best["ours_clustering"]["wall_s"] / best["kmeans"]["wall_s"], 1.2),
-        ))
+        checks.append(("clustering time: (d) / (e) k-means", *ratio("ours_clustering", "kmeans", 1.2)))
 
     agree = []
     if "ours" in best and "pml" in best:
@@ -325,15 +328,21 @@ def build_report(args, runs: dict[str, list[dict]], info: dict, data_desc: str, 
         "Each measurement runs in its own subprocess: wall and CPU time of the call alone (imports and "
         "data loading excluded); peak RSS is that process's high-water mark (`VmHWM`: interpreter, "
         "imports and the data included; \"RSS before call\" is the same process just before the call)."
-        + (f" Best of {args.repeats} runs (rotating order)." if args.repeats > 1 else ""),
+        + (
+            f" Each measurement ran {args.repeats} times, in rounds with a rotating order; the tables "
+            "use each one's fastest run (the machine's load changes from minute to minute), and "
+            "\"per round\" gives the ratios within each round."
+            if args.repeats > 1
+            else ""
+        ),
         "",
         head,
         sep,
         *rows,
         "",
-        "| target (issue 7) | measured | target | met |",
-        "|---|---|---|---|",
-        *[f"| {name} | {value} |" for name, value in checks],
+        "| target (issue 7) | measured (best runs) | target | met | per round |",
+        "|---|---|---|---|---|",
+        *[f"| {name} | {value} | {rounds} |" for name, value, rounds in checks],
     ]
     if agree:
         lines += ["", *[f"Exactness check: {a}." for a in agree]]
@@ -350,8 +359,8 @@ def build_report(args, runs: dict[str, list[dict]], info: dict, data_desc: str, 
         term.append(
             f"{MEASUREMENTS[name][0]:<32}{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}{r['peak_rss_gb']:>9.2f}{r['rss_before_gb']:>10.2f}"
         )
-    for name, value in checks:
-        term.append(f"{name:<40} {value.replace(' | ', '  ')}")
+    for name, value, rounds in checks:
+        term.append(f"{name:<40} {value.replace(' | ', '  ')}   (per round: {rounds})")
     term += agree
     return text, term
 
@@ -376,9 +385,11 @@ pass assigning every item to its nearest final centroid (a chunked NumPy matrix 
 about one k-means iteration) and NMI and pairwise F1 from a sparse contingency table
 (~10 ms). The installed faiss stops k-means once its objective stops changing, which on
 these data happens after 5 of the 20 allowed iterations (table above), so that one extra
-pass is ~1/6 of the total; with 20 full iterations (as in the issue's 72 s reference) it
-would be ~1/21. `evaluate()` uses at most 20 k-means
-iterations by default (faiss's own default is 25); `niter` and `nredo` are options.
+pass adds ~15-20% here: the 1.2x target holds for the best runs but is borderline (single
+rounds under load can exceed it). With 20 full iterations (as in the issue's 72 s
+reference) the pass would add ~5%. Avoiding it would need the assignment of faiss's last
+Lloyd step, which faiss does not expose. `evaluate()` uses at most 20 k-means iterations
+by default (faiss's own default is 25); `niter` and `nredo` are options.
 """
 
 

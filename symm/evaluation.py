@@ -48,6 +48,8 @@ that it can be imported and tested anywhere.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -184,6 +186,30 @@ def _np_auto_chunk_size(n: int) -> int:
     return max(1, min(n, _NP_CHUNK_ELEMENTS // max(n, 1)))
 
 
+@contextlib.contextmanager
+def _thread_budget() -> Iterator[None]:
+    """Run NumPy's BLAS and faiss with ``torch.get_num_threads()`` threads, then restore.
+
+    The trainer sets torch's thread count to the trial's CPU budget; without this, the
+    BLAS NumPy ships and faiss's OpenMP would each start one thread per core. (BLAS limits
+    use threadpoolctl, a scikit-learn dependency, when installed.)
+    """
+    n = max(1, torch.get_num_threads())
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        blas = contextlib.nullcontext()
+    else:
+        blas = threadpool_limits(limits=n, user_api="blas")
+    faiss_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        with blas:
+            yield
+    finally:
+        faiss.omp_set_num_threads(faiss_threads)
+
+
 def _on_cpu(embeddings: ArrayLike) -> bool:
     return not (isinstance(embeddings, torch.Tensor) and embeddings.device.type != "cpu")
 
@@ -219,8 +245,9 @@ def retrieval_metrics(
     """Recall@K, MAP@R and R-Precision in one exact, chunked pass over the queries.
 
     Ranking: by cosine similarity, descending; equal similarities are ordered by lower
-    item index first, so results are deterministic. Any K is exact (K = 1000 costs the
-    same as K = 1). ``with_map=False`` skips MAP@R and R-Precision (they come out NaN).
+    item index first, so results are deterministic. Any K is exact (on the numpy engine
+    K = 1000 costs the same as K = 1). ``with_map=False`` skips MAP@R and R-Precision
+    (they come out NaN).
 
     ``engine``: ``"numpy"`` (the CPU engine, see the module docstring), ``"torch"`` (runs
     on the embeddings' device: top-k per chunk), or ``"auto"`` -- torch for tensors on a
@@ -248,7 +275,8 @@ def retrieval_metrics(
     if engine == "numpy":
         x = _as_numpy_embeddings(embeddings, normalize=False)  # normalised in position order
         codes = _label_codes(labels, x.shape[0])
-        first, ap, rp = _retrieval_numpy(x, codes, ks, chunk_size, with_map)
+        with _thread_budget():
+            first, ap, rp = _retrieval_numpy(x, codes, chunk_size, with_map)
         counts = np.bincount(codes)
         r_all = counts[codes] - 1
     elif engine == "torch":
@@ -342,7 +370,6 @@ def _layout(codes: np.ndarray, block: int, r_cap: int) -> _Layout:
 def _retrieval_numpy(
     x: np.ndarray,
     codes: np.ndarray,
-    ks: tuple[int, ...],
     chunk_size: int | None,
     with_map: bool,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -1134,7 +1161,8 @@ def cluster_scores(
     faiss stops earlier once the objective no longer changes); ``nredo``: restarts,
     keeping the lowest objective. Seeded, so the same inputs give the same clustering.
     Each item is then assigned to its nearest final centroid (one exact pass, about the
-    cost of one k-means iteration). Runs on the CPU (GPU embeddings are copied over).
+    cost of one k-means iteration). Runs on the CPU (GPU embeddings are copied over) with
+    ``torch.get_num_threads()`` threads.
     """
     if int(niter) < 1 or int(nredo) < 1:
         raise ValueError(f"niter and nredo must be >= 1, got niter={niter}, nredo={nredo}")
@@ -1159,8 +1187,9 @@ def cluster_scores(
             # every SOP-like test set (~5 items per class) would print at each evaluation.
             min_points_per_centroid=1,
         )
-        km.train(x)
-        assignments = _nearest_centroid(x, km.centroids)
+        with _thread_budget():
+            km.train(x)
+            assignments = _nearest_centroid(x, km.centroids)
     return {"nmi": nmi(y, assignments), "f1": pairwise_f1(y, assignments), "assignments": assignments}
 
 

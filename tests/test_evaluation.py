@@ -464,6 +464,31 @@ def test_nearest_centroid_matches_brute_force():
     np.testing.assert_array_equal(ev._nearest_centroid(x, c), d.argmin(axis=1))
 
 
+def test_thread_budget_follows_torch_and_is_restored():
+    # Reference: torch.get_num_threads() (the trainer's per-trial CPU budget) and the
+    # faiss / BLAS thread counts before the call; results do not depend on threads.
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    x, y = random_set(21, 200, 16, 10)
+    before_faiss, before_blas = faiss.omp_get_max_threads(), blas_threads()
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with ev._thread_budget():
+            assert faiss.omp_get_max_threads() == 1
+            assert set(blas_threads()) == {1}
+        one = ev.evaluate(x, y, seed=1)
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert faiss.omp_get_max_threads() == before_faiss
+    assert blas_threads() == before_blas
+    assert ev.evaluate(x, y, seed=1) == one
+
+
 def test_kmeans_options_validated_and_defaulted():
     # Reference: the documented defaults (20 iterations, 1 run) and option checks.
     import inspect
