@@ -46,13 +46,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import io
 import json
 import logging
 import os
 import re
 import time
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -598,18 +596,10 @@ def _validate_args(characters: str, val_classes: int, image_size: int) -> None:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Deterministic .npz: fixed member timestamps/attributes, stored, atomic replace."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key in sorted(arrays):
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            info.create_system = 3
-            info.external_attr = 0o644 << 16
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            zf.writestr(info, member.getvalue())
-    _atomic_write_bytes(path, buf.getvalue())
+    """Deterministic .npz (the packed format's writer), atomic replace."""
+    from symm.data.packed import npz_bytes
+
+    _atomic_write_bytes(path, npz_bytes(arrays))
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
