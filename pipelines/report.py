@@ -28,7 +28,9 @@ from pipelines.settings import REPO_ROOT
 METRIC_LABELS = {"nmi": "NMI", "f1": "F1", "map_at_r": "MAP@R", "r_precision": "RP"}
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 # Why a dataset's numbers cannot be put next to the paper's (the paper: ImageNet GoogLeNet, 227 px).
-NOT_COMPARABLE = {"glyphs": "embedded glyph dataset, small CNN from scratch: not comparable to the paper's numbers"}
+NOT_COMPARABLE = {"glyphs": "embedded glyph dataset (not one of the paper's)"}
+PAPER_BACKBONE = "googlenet"
+NO_PUBLISHED = "no published number"
 PAIRED_METRICS = ("recall_at_1", "map_at_r", "nmi", "f1")
 
 
@@ -89,10 +91,14 @@ def paired_comparisons(records: list[dict[str, Any]], dataset: str) -> list[dict
             if not all(metric in by_method[m][s] for m in (method, base) for s in seeds):
                 continue
             diff = np.array([by_method[method][s][metric] - by_method[base][s][metric] for s in seeds])
-            p = float(scipy_stats.ttest_rel([by_method[method][s][metric] for s in seeds],
-                                            [by_method[base][s][metric] for s in seeds]).pvalue) if len(seeds) > 1 else float("nan")
+            if len(seeds) > 1:
+                test = scipy_stats.ttest_rel([by_method[method][s][metric] for s in seeds],
+                                             [by_method[base][s][metric] for s in seeds])
+                t, p = float(test.statistic), float(test.pvalue)
+            else:
+                t = p = float("nan")
             rows.append({"method": method, "baseline": base, "metric": metric, "n": len(seeds),
-                         "diff": float(diff.mean()), "ci95": confidence_interval(diff), "p": p})
+                         "diff": float(diff.mean()), "ci95": confidence_interval(diff), "t": t, "p": p})
     return rows
 
 
@@ -116,36 +122,81 @@ class Table:
         return f"<h3>{html.escape(self.title)}</h3>{note}<table><tr>{head}</tr>{body}</table>"
 
 
+def not_comparable_reasons(dataset: str, summary: dict[str, Any], paper: dict[str, Any]) -> list[str]:
+    """Why this dataset's numbers differ in setup from the paper's (empty: same setup as the paper)."""
+    reasons = []
+    if dataset in NOT_COMPARABLE:
+        reasons.append(NOT_COMPARABLE[dataset])
+    elif dataset not in paper.get("datasets", {}):
+        reasons.append("the paper has no numbers for this dataset")
+    model = summary.get("model")
+    if model is None:
+        reasons.append("backbone not recorded in the sweep")
+    else:
+        if model.get("backbone") != PAPER_BACKBONE:
+            reasons.append(f"other backbone: {model.get('backbone')} (the paper: GoogLeNet)")
+        if not model.get("pretrained"):
+            reasons.append("no ImageNet weights (trained from scratch)")
+    if (summary.get("selection") or {}).get("split") == "test":
+        reasons.append("best-on-test diagnostic: checkpoints selected on the test split (paper-faithful, not a fair result)")
+    if summary.get("smoke_test"):
+        reasons.append("smoke test (a few steps only)")
+    return reasons
+
+
+def _vs_paper(ours: float | None, ref: float | None) -> str:
+    if ref is None:
+        return NO_PUBLISHED
+    if ours is None:
+        return f"– vs {ref:.1f}"
+    return f"{ours:.1f} vs {ref:.1f} ({ours - ref:+.1f})"
+
+
 def build_tables(summary: dict[str, Any], table: dict[str, Any], paper: dict[str, Any]) -> dict[str, list[Table]]:
     records = summary["trials"]
     metrics = _metric_order([r for r in records if r["status"] == "ok"])
     sections: dict[str, list[Table]] = {}
     for dataset, methods in sorted(table.items()):
         published = paper.get("datasets", {}).get(dataset, {})
-        note = NOT_COMPARABLE.get(dataset, "")
-        if not published and not note:
-            note = "the paper has no numbers for this dataset"
+        reasons = not_comparable_reasons(dataset, summary, paper)
+        note = ("Not comparable to the paper: " + "; ".join(reasons) + "." if reasons
+                else "Same setup as the paper (ImageNet GoogLeNet).")
+        if published:
+            note += (f" Paper numbers: {paper.get('source', '')}; the release selected checkpoints on test Recall@1, "
+                     "we select on validation classes.")
         main = Table("Test metrics (%), mean ± 95% CI over seeds", ["method", "seeds"] + [label(m) for m in metrics]
-                     + (["paper R@1", "Δ R@1"] if published else []),
-                     note=note + (" Paper numbers: " + paper.get("source", "") + "; the release selected checkpoints on "
-                                  "test Recall@1, we select on validation classes." if published else ""))
+                     + (["paper R@1", "Δ R@1"] if published else []), note=note)
         for method, stats in methods.items():
             row = [method, str(len(stats["seeds"]))] + [
                 f"{100 * stats[m]['mean']:.1f} ± {100 * stats[m]['ci95']:.1f}" if m in stats else "–" for m in metrics]
             if published:
                 ref = published.get(method, {}).get("recall_at_1")
                 ours = 100 * stats["recall_at_1"]["mean"] if "recall_at_1" in stats else None
-                row += [f"{ref:.1f}" if ref is not None else "–",
+                row += [f"{ref:.1f}" if ref is not None else NO_PUBLISHED,
                         f"{ours - ref:+.1f}" if ref is not None and ours is not None else "–"]
             main.rows.append(row)
+        tables = [main]
+        if published:
+            paper_metrics = _metric_order([{"test": v} for v in published.values()])
+            beside = Table("Beside the paper: ours (mean) vs published, difference in points",
+                           ["method"] + [label(m) for m in paper_metrics],
+                           note=("Not comparable: " + "; ".join(reasons) + "." if reasons else "") +
+                           f" Published: {paper.get('source', '')}.")
+            for method, stats in methods.items():
+                ref = published.get(method, {})
+                beside.rows.append([method] + [
+                    _vs_paper(100 * stats[m]["mean"] if m in stats else None, ref.get(m)) for m in paper_metrics])
+            tables.append(beside)
         paired = Table("Symm vs its baseline: paired over seeds (test metrics, percentage points)",
-                       ["Symm method", "baseline", "metric", "seeds", "mean Δ", "95% CI of Δ", "paired t-test p"],
-                       note="Same seeds, same data order; with few seeds the test has little power — read the CI.")
+                       ["Symm method", "baseline", "metric", "seeds", "mean Δ", "95% CI of Δ", "paired t", "p"],
+                       note="Same seeds, same data order; paired t-test on the per-seed differences. "
+                            "With few seeds the test has little power — read the CI.")
         for c in paired_comparisons(records, dataset):
             paired.rows.append([c["method"], c["baseline"], label(c["metric"]), str(c["n"]), f"{100 * c['diff']:+.2f}",
                                 f"[{100 * (c['diff'] - c['ci95']):+.2f}, {100 * (c['diff'] + c['ci95']):+.2f}]",
+                                "–" if np.isnan(c["t"]) else f"{c['t']:.2f}",
                                 "–" if np.isnan(c["p"]) else f"{c['p']:.3f}"])
-        sections[dataset] = [main] + ([paired] if paired.rows else [])
+        sections[dataset] = tables + ([paired] if paired.rows else [])
     trials = Table("Per trial (test metrics, %)", ["dataset", "method", "seed", "status", "best step"]
                    + [label(m) for m in metrics] + ["MLflow run"])
     for r in sorted(records, key=lambda r: (r["dataset"], r["method"], r["seed"])):

@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     from ray import tune
 
+    from pipelines.progress import SweepProgress
+
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment = mlflow.set_experiment(settings.experiment_name)
     version = code_version()
@@ -239,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                     storage_path=settings.storage_path,
                     failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    verbose=1,
+                    callbacks=[SweepProgress(total=len(science.sweep.datasets) * len(science.sweep.methods) * len(seeds),
+                                             metric=f"val/{science.eval.selection_metric}")],
+                    verbose=0,  # SweepProgress prints a compact status instead of Tune's trial tables
                 ),
             )
             results = tuner.fit()
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                 "mlflow_tracking_uri": settings.mlflow_tracking_uri, "experiment": settings.experiment_name,
                 "parent_run_id": parent.info.run_id, "smoke_test": args.smoke_test,
                 "ray_storage": str(Path(settings.storage_path) / sweep_name), "trials": records,
+                # what the report needs to label results not comparable to the paper
+                "model": raw_science["model"], "selection": {"split": "val", "metric": science.eval.selection_metric},
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.out.with_suffix(".tmp")

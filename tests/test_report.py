@@ -13,7 +13,7 @@ from scipy import stats
 from pipelines import report
 
 RNG = np.random.default_rng(0)
-METHODS = ["npair", "symm_npair", "triplet"]
+METHODS = ["npair", "symm_npair", "triplet", "newmethod_npair"]  # the last one: unknown to the paper
 
 
 def record(dataset, method, seed, r1):
@@ -29,7 +29,8 @@ def sweep(tmp_path):
     trials = [record(d, m, s, v) for (d, m, s), v in values.items()]
     trials.append({**record("cub", "triplet", 9, 0.5), "status": "error", "error": "boom", "test": {}})
     summary = {"sweep": "sweep-test", "code_version": "abc", "data_hashes": {"glyphs": "h1", "cub": "h2"},
-               "mlflow_tracking_uri": "sqlite:///nowhere.db", "experiment": "e", "parent_run_id": "p", "trials": trials}
+               "mlflow_tracking_uri": "sqlite:///nowhere.db", "experiment": "e", "parent_run_id": "p", "trials": trials,
+               "model": {"backbone": "small_cnn", "pretrained": None}, "selection": {"split": "val"}}
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(summary))
     assert report.main(["--sweep", str(path), "--out", str(tmp_path / "out"), "--no-mlflow"]) == 0
@@ -55,7 +56,9 @@ def test_paired_comparison_matches_scipy_ttest_rel(sweep):
     rows = report.paired_comparisons(json.loads((out.parent / "sweep.json").read_text())["trials"], "glyphs")
     row = next(r for r in rows if r["method"] == "symm_npair" and r["metric"] == "recall_at_1")
     assert row["baseline"] == "npair" and row["n"] == 4
-    assert row["p"] == pytest.approx(expected.pvalue)
+    assert row["t"] == pytest.approx(expected.statistic) and row["p"] == pytest.approx(expected.pvalue)
+    text = (out / "results.md").read_text()
+    assert f"| {expected.statistic:.2f} | {expected.pvalue:.3f} |" in text
     assert row["diff"] == pytest.approx(np.mean(np.subtract(symm, base)))
     assert not any(r["method"] == "triplet" for r in rows)  # no symm_triplet in the fixture: nothing to pair
 
@@ -67,24 +70,69 @@ def test_paper_numbers_beside_comparable_rows_and_labels_elsewhere(sweep):
     assert "paper R@1" in cub
     assert "| symm_npair | 4 |" in cub and "| 55.9 |" in cub  # the paper's CUB Symm+N-pair R@1
     glyphs = text[text.index("## glyphs"):text.index("## all trials")]
-    assert "not comparable to the paper" in glyphs and "paper R@1" not in glyphs
+    assert "Not comparable to the paper" in glyphs and "paper R@1" not in glyphs
     assert "| cub | triplet | 9 | error |" in text  # failed trials are listed, not dropped silently
 
 
+def test_beside_the_paper_every_metric_and_no_published_number_label(sweep):
+    values, out = sweep
+    text = (out / "results.md").read_text()
+    cub = text[text.index("## cub"):text.index("## glyphs")]
+    beside = cub[cub.index("### Beside the paper"):]
+    assert "| NMI |" not in beside.splitlines()[0]
+    ours = 100 * np.mean([values[("cub", "symm_npair", s)] for s in range(4)])
+    nmi = 100 * np.mean([values[("cub", "symm_npair", s)] / 2 for s in range(4)])
+    row = next(line for line in beside.splitlines() if line.startswith("| symm_npair |"))
+    assert f"{ours:.1f} vs 55.9 ({ours - 55.9:+.1f})" in row  # paper's CUB Symm+N-pair R@1
+    assert f"{nmi:.1f} vs 63.6 ({nmi - 63.6:+.1f})" in row  # and NMI
+    assert "– vs 78.3" in row  # R@4: published, but not measured in the fixture
+    unknown = next(line for line in beside.splitlines() if line.startswith("| newmethod_npair |"))
+    assert report.NO_PUBLISHED in unknown and "vs" not in unknown
+    main_row = next(line for line in cub.splitlines() if line.startswith("| newmethod_npair | 4 |"))
+    assert main_row.rstrip(" |").endswith(f"{report.NO_PUBLISHED} | –")
+
+
+def test_not_comparable_setups_are_labelled(sweep):
+    _, out = sweep
+    text = (out / "results.md").read_text()
+    cub = text[text.index("## cub"):text.index("## glyphs")]
+    assert "Not comparable to the paper:" in cub and "other backbone: small_cnn" in cub and "no ImageNet weights" in cub
+    glyphs = text[text.index("## glyphs"):text.index("## all trials")]
+    assert "embedded glyph dataset" in glyphs
+    paper = {"datasets": {"cub": {}}}
+    same = {"model": {"backbone": "googlenet", "pretrained": "imagenet"}, "selection": {"split": "val"}}
+    assert report.not_comparable_reasons("cub", same, paper) == []
+    on_test = {**same, "selection": {"split": "test"}}
+    assert any("best-on-test diagnostic" in r for r in report.not_comparable_reasons("cub", on_test, paper))
+    assert report.not_comparable_reasons("sop", {}, paper) == ["the paper has no numbers for this dataset",
+                                                               "backbone not recorded in the sweep"]
+
+
 class ResourceFinder(HTMLParser):
+    """Everything in a page that a browser would fetch: src/href/srcset/poster, script, link, CSS url()/@import."""
+
     def __init__(self):
         super().__init__()
         self.external = []
         self.images = 0
+        self._in_style = False
 
     def handle_starttag(self, tag, attrs):
         for name, value in attrs:
-            if name in ("src", "href") and value and not value.startswith(("data:", "#")):
+            if name in ("src", "href", "srcset", "poster", "data", "action") and value and not value.startswith(("data:", "#")):
+                self.external.append((tag, value))
+            if name == "style" and value and ("url(" in value or "@import" in value):
                 self.external.append((tag, value))
         if tag == "img":
             self.images += 1
-        if tag in ("script", "link"):
+            assert dict(attrs)["src"].startswith("data:image/png;base64,")
+        if tag in ("script", "link", "iframe", "object", "embed"):
             self.external.append((tag, dict(attrs)))
+        self._in_style = tag == "style"
+
+    def handle_data(self, data):
+        if self._in_style and ("url(" in data or "@import" in data):
+            self.external.append(("style", data))
 
 
 def test_index_html_is_self_contained(sweep):

@@ -1,0 +1,246 @@
+"""Screenshots of the report and of the MLflow run comparison, taken with headless Chromium.
+
+    python -m pipelines.screenshots [--db mlflow.db] [--report reports/index.html] [--out docs/images]
+
+Starts a private `mlflow server` on loopback over a copy of the tracking database, opens the
+experiment and the comparison of the latest sweep's child runs, checks that every method's run
+and its test/recall_at_1 are on the page, and saves PNGs. Needs Debian's `chromium` and
+`chromium-driver` (`apt-get install -y --no-install-recommends chromium chromium-driver`).
+The browser test (tests/test_pipeline_e2e.py) uses the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import REPO_ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# Flags measured to work headless in containers (stack-notes "Browser"); --user-data-dir is added per run.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars")
+METRIC = "test/recall_at_1"
+
+
+def browser_missing() -> str | None:
+    """Why the browser cannot run here (None when it can)."""
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            return f"{path} not found: apt-get install -y --no-install-recommends {package}"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (it is pinned in requirements.txt)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(db: Path, workdir: Path, timeout_s: float = 60.0) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 over `db`; yields its URL and stops it by PID."""
+    port = free_port()
+    (workdir / "artifacts").mkdir(parents=True, exist_ok=True)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{db}",
+           "--artifacts-destination", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(workdir / "mlflow-server.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({proc.returncode}); see {workdir / 'mlflow-server.log'}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server not up after {timeout_s:.0f} s; see {workdir / 'mlflow-server.log'}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (it forks a worker), SIGKILL after a grace period."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def chromium(workdir: Path, width: int = 1600, height: int = 1000) -> Iterator[Any]:
+    """Headless Debian Chromium driven by selenium through /usr/bin/chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={workdir / 'chromium-profile'}", f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(workdir / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for_text(driver: Any, texts: list[str], timeout_s: float = 30.0) -> str:
+    """Poll the rendered page until every text is visible in it; returns the page's text."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = driver.execute_script("return document.body ? document.body.innerText : ''")
+        missing = [t for t in texts if t not in body]
+        if not missing:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not on the page after {timeout_s:.0f} s: {missing}; page text starts: {body[:800]!r}")
+        time.sleep(0.5)
+
+
+@dataclass
+class Sweep:
+    experiment_id: str
+    parent_name: str
+    runs: list[dict[str, Any]]  # child runs: run_id, run_name, method, seed, metric value
+
+
+def latest_sweep(tracking_uri: str, experiment: str = "symm-dml", max_runs: int | None = None) -> Sweep:
+    """The newest sweep parent run and its child runs (first seed of each method if max_runs is set)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; run the pipeline first")
+    parents = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'", order_by=["attributes.start_time DESC"],
+                                 max_results=1)
+    if not parents:
+        raise ValueError(f"experiment {experiment!r} has no sweep run; run the pipeline first")
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  max_results=1000)
+    runs = [{"run_id": r.info.run_id, "run_name": r.info.run_name, "method": r.data.params.get("method"),
+             "seed": int(r.data.params.get("seed", 0)), "value": r.data.metrics.get(METRIC)}
+            for r in children if METRIC in r.data.metrics]
+    runs.sort(key=lambda r: (r["seed"], r["method"]))
+    if max_runs is not None:  # one run per method (lowest seed) keeps the comparison readable
+        seen: dict[str, dict[str, Any]] = {}
+        for r in runs:
+            seen.setdefault(r["method"], r)
+        runs = list(seen.values())[:max_runs]
+    if not runs:
+        raise ValueError(f"sweep {parent.info.run_name} has no finished child run with {METRIC}")
+    return Sweep(exp.experiment_id, parent.info.run_name, runs)
+
+
+def compare_url(base: str, sweep: Sweep) -> str:
+    runs = json.dumps([r["run_id"] for r in sweep.runs])
+    return (f"{base}/#/compare-runs?runs={urllib.parse.quote(runs)}"
+            f"&experiments={urllib.parse.quote(json.dumps([sweep.experiment_id]))}")
+
+
+def show_comparison(driver: Any, base: str, sweep: Sweep, screenshot: Path | None = None,
+                    timeout_s: float = 30.0) -> str:
+    """Open the experiment, then the run comparison; check each run and its metric are shown."""
+    driver.get(f"{base}/#/experiments/{sweep.experiment_id}")
+    wait_for_text(driver, [sweep.parent_name], timeout_s)
+    driver.get(compare_url(base, sweep))
+    text = wait_for_text(driver, [METRIC, *(r["run_name"] for r in sweep.runs)], timeout_s)
+    _scroll_to(driver, METRIC)
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+    return text
+
+
+def _scroll_to(driver: Any, text: str) -> None:
+    """Bring the metrics table (its row for `text`) into view for the screenshot."""
+    driver.execute_script(
+        "const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);"
+        "let n; while ((n = w.nextNode())) { if (n.textContent.trim() === arguments[0]) {"
+        "  n.parentElement.scrollIntoView({block: 'center'}); return; } }", text)
+    time.sleep(0.5)
+
+
+def show_report(driver: Any, index_html: Path, screenshot: Path, height: int = 1600) -> str:
+    """Render the self-contained report (file:// URL, no network) and screenshot its top."""
+    driver.set_window_size(1400, height)
+    driver.get(index_html.resolve().as_uri())
+    text = wait_for_text(driver, ["Results", "mean ± 95% CI"], 15)
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(screenshot))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path, default=REPO_ROOT / "mlflow.db", help="MLflow sqlite tracking database")
+    parser.add_argument("--report", type=Path, default=REPO_ROOT / "reports" / "index.html")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images")
+    parser.add_argument("--max-runs", type=int, default=6, help="runs in the comparison (one per method)")
+    args = parser.parse_args(argv)
+    problem = browser_missing()
+    for path, what in ((args.db, "run `dvc repro` first"), (args.report, "run `dvc repro` first")):
+        if not path.exists():
+            problem = problem or f"{path} not found: {what}"
+    if problem:
+        print(f"screenshots: error: {problem}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="symm-screenshots-") as tmp:
+        work = Path(tmp)
+        db = work / "mlflow.db"
+        shutil.copy2(args.db, db)  # the server may migrate the schema: never touch the user's file
+        try:
+            sweep = latest_sweep(f"sqlite:///{db}", max_runs=args.max_runs)
+        except ValueError as err:
+            print(f"screenshots: error: {err}", file=sys.stderr)
+            return 2
+        with chromium(work) as driver:
+            show_report(driver, args.report, args.out / "report.png")
+            with mlflow_server(db, work) as url:
+                driver.set_window_size(1600, 1000)
+                show_comparison(driver, url, sweep, args.out / "mlflow-compare.png")
+    print(f"screenshots: {args.out / 'report.png'} and {args.out / 'mlflow-compare.png'} "
+          f"(sweep {sweep.parent_name}, {len(sweep.runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
