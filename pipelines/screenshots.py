@@ -37,6 +37,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--hide-scrollbars")
 METRIC = "test/recall_at_1"
+# The comparison's metrics grid: a virtualised name column (overflow hidden) and value grid.
+grids_js = ("const grids = [...document.querySelectorAll('.ReactVirtualized__Grid')];"
+            "const names = grids.find(g => getComputedStyle(g).overflowY === 'hidden');"
+            "const values = grids.find(g => g !== names && getComputedStyle(g).overflowY !== 'hidden');")
 
 
 def browser_missing() -> str | None:
@@ -177,26 +181,91 @@ def compare_url(base: str, sweep: Sweep) -> str:
 
 
 def show_comparison(driver: Any, base: str, sweep: Sweep, screenshot: Path | None = None,
-                    timeout_s: float = 30.0) -> str:
-    """Open the experiment, then the run comparison; check each run and its metric are shown."""
-    driver.get(f"{base}/#/experiments/{sweep.experiment_id}")
+                    timeout_s: float = 30.0) -> dict[str, str]:
+    """Open the experiment, then the run comparison; returns {run name: its METRIC as displayed}.
+
+    Fails unless the experiment page lists the sweep and the comparison shows every run's name
+    and a METRIC value in that run's column.
+    """
+    driver.get(f"{base}/#/experiments/{sweep.experiment_id}/runs")  # the "Training runs" tab
     wait_for_text(driver, [sweep.parent_name], timeout_s)
     driver.get(compare_url(base, sweep))
-    text = wait_for_text(driver, [METRIC, *(r["run_name"] for r in sweep.runs)], timeout_s)
-    _scroll_to(driver, METRIC)
+    wait_for_text(driver, [METRIC, *(r["run_name"] for r in sweep.runs)], timeout_s)
+    for label in ("Parameters - Show diff only", "Tags - Show diff only", "Close"):  # compact page, no side panel
+        for button in driver.find_elements("css selector", f"button[aria-label='{label}']"):
+            button.click()
+    driver.execute_script(  # collapse the parallel-coordinates panel: runs, parameters and metrics on one screen
+        "const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT); let n;"
+        "while ((n = w.nextNode())) if (n.textContent.trim() === 'Visualizations') { n.parentElement.click(); break; }")
+    shown = dict(zip(_run_columns(driver, [r["run_name"] for r in sweep.runs]), _metric_row(driver, METRIC, timeout_s)))
     if screenshot is not None:
+        # Let the metrics grid show every row it has rendered (its box is 300 px high), so
+        # test/recall_at_1 is visible without scrolling it.
+        driver.execute_script(
+            grids_js + "for (const g of [names, values]) {"
+            "  let h = 0; for (const c of g.querySelectorAll('[style*=top]')) h = Math.max(h, parseFloat(c.style.top) + 45);"
+            "  g.style.height = h + 'px'; for (let e = g.parentElement, i = 0; i < 3; i++, e = e.parentElement)"
+            "    e.style.height = 'auto'; }")
+        time.sleep(0.5)
+        driver.execute_script(  # page to the top (the page scrolls in an inner container), grids untouched
+            "for (const e of document.querySelectorAll('*')) if (e.scrollTop > 0 && !e.classList.contains("
+            "'ReactVirtualized__Grid')) e.scrollTop = 0;")
+        time.sleep(0.5)
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
-    return text
+    return shown
 
 
-def _scroll_to(driver: Any, text: str) -> None:
-    """Bring the metrics table (its row for `text`) into view for the screenshot."""
-    driver.execute_script(
-        "const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);"
-        "let n; while ((n = w.nextNode())) { if (n.textContent.trim() === arguments[0]) {"
-        "  n.parentElement.scrollIntoView({block: 'center'}); return; } }", text)
-    time.sleep(0.5)
+def mismatches(sweep: Sweep, shown: dict[str, str], tolerance: float = 6e-4) -> list[str]:
+    """Runs whose displayed METRIC is missing or differs from the tracking store's value (UI rounds to 3 digits)."""
+    bad = []
+    for r in sweep.runs:
+        text = shown.get(r["run_name"])
+        try:
+            ok = text is not None and abs(float(text) - r["value"]) <= tolerance
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(f"{r['run_name']}: page shows {text!r}, store has {r['value']:.4f}")
+    return bad
+
+
+def _run_columns(driver: Any, names: list[str]) -> list[str]:
+    """Run names in the left-to-right order of the comparison's columns."""
+    lefts = driver.execute_script(
+        "const out = {}; const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT); let n;"
+        "while ((n = w.nextNode())) { const t = n.textContent.trim();"
+        "  if (arguments[0].includes(t) && !(t in out)) out[t] = n.parentElement.getBoundingClientRect().left; }"
+        "return out;", names)
+    missing = set(names) - set(lefts)
+    if missing:
+        raise AssertionError(f"runs not shown in the comparison: {sorted(missing)}")
+    return sorted(names, key=lambda n: lefts[n])
+
+
+def _metric_row(driver: Any, metric: str, timeout_s: float) -> list[str]:
+    """The displayed values of one metric, left to right, from the comparison's metrics grid.
+
+    The grid is virtualised: only the rows in view plus an overscan exist in the DOM, and its name
+    column does not stay aligned with a scrolled value grid in this MLflow version, so nothing is
+    scrolled: the metric's row must be among the rendered ones (it is for the sweep's ~20 metrics).
+    """
+    find = (grids_js + "if (!names || !values) return {error: 'no metrics grid on the page'};"
+            "const cell = [...names.querySelectorAll('[style*=top]')].find(c => c.innerText.trim() === arguments[0]);"
+            "if (!cell) return {pending: true};"
+            "const row = [...values.querySelectorAll('[style*=top]')].filter(c => c.style.top === cell.style.top)"
+            "  .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left)).map(c => c.innerText.trim());"
+            "return {row: row};")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = driver.execute_script(find, metric)
+        if got.get("error"):
+            raise AssertionError(f"run comparison: {got['error']}")
+        if got.get("row"):
+            return got["row"]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{metric} row not rendered in the comparison's metrics grid after {timeout_s:.0f} s")
+        time.sleep(0.3)
 
 
 def show_report(driver: Any, index_html: Path, screenshot: Path, height: int = 1600) -> str:
@@ -235,8 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         with chromium(work) as driver:
             show_report(driver, args.report, args.out / "report.png")
             with mlflow_server(db, work) as url:
-                driver.set_window_size(1600, 1000)
-                show_comparison(driver, url, sweep, args.out / "mlflow-compare.png")
+                driver.set_window_size(1500, 2000)
+                shown = show_comparison(driver, url, sweep, args.out / "mlflow-compare.png")
+        bad = mismatches(sweep, shown)
+        if bad:
+            print("screenshots: error: the comparison does not show the stored values: " + "; ".join(bad), file=sys.stderr)
+            return 1
     print(f"screenshots: {args.out / 'report.png'} and {args.out / 'mlflow-compare.png'} "
           f"(sweep {sweep.parent_name}, {len(sweep.runs)} runs)")
     return 0

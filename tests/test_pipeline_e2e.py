@@ -110,3 +110,74 @@ def test_second_repro_does_no_work(pipeline_repo):
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout, second.stdout
     assert (repo / "results" / "sweep.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.e2e
+def test_every_logged_model_has_a_signature(pipeline_repo):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    repo, _, _ = pipeline_repo
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("symm-dml").experiment_id], "tags.kind != 'sweep'")
+    mlflow.set_tracking_uri(uri)
+    for run in runs:
+        signature = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model").signature
+        assert signature is not None, run.info.run_name
+        assert signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 1, 32, 32]
+        assert signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 64]
+
+
+@pytest.mark.e2e
+def test_dvc_plots_render_offline(pipeline_repo, tmp_path):
+    """`dvc plots show` of the declared plots: a page that fetches nothing from the network."""
+    from html.parser import HTMLParser
+
+    repo, env, _ = pipeline_repo
+    shown = subprocess.run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["report"]["plots"]
+
+    class Fetches(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls = []
+
+        def handle_starttag(self, tag, attrs):
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+            if tag == "script" and not dict(attrs).get("src"):
+                self.urls.append("inline script")  # vega plots would need vega's CDN scripts
+
+    page = Fetches()
+    page.feed((tmp_path / "plots" / "index.html").read_text())
+    assert page.urls and all(u.startswith("static/") for u in page.urls), page.urls  # local files only
+    assert len(page.urls) == len(declared)
+    for url in page.urls:
+        assert (tmp_path / "plots" / url).stat().st_size > 10_000
+
+
+@pytest.mark.e2e
+def test_mlflow_compare_view_in_a_real_browser(pipeline_repo, tmp_path):
+    """Headless Debian Chromium on a real `mlflow server` over the tiny sweep's store.
+
+    Reference: the tracking store's own values (MlflowClient) against what the page displays.
+    Screenshot: $SYMM_TEST_ARTIFACTS/mlflow-compare.png (default: this test's tmp dir).
+    """
+    from pipelines import screenshots
+
+    problem = screenshots.browser_missing()
+    if problem:
+        pytest.skip(f"no headless browser: {problem}")
+    repo, _, _ = pipeline_repo
+    db = tmp_path / "mlflow.db"
+    shutil.copy2(repo / "mlflow.db", db)  # the server may migrate the schema
+    sweep = screenshots.latest_sweep(f"sqlite:///{db}")
+    assert sorted(r["method"] for r in sweep.runs) == sorted(["npair", "symm_npair"] * 3)
+    artifacts = Path(os.environ.get("SYMM_TEST_ARTIFACTS", tmp_path))
+    with screenshots.chromium(tmp_path, 1500, 2000) as driver, screenshots.mlflow_server(db, tmp_path) as url:
+        shown = screenshots.show_comparison(driver, url, sweep, artifacts / "mlflow-compare.png")
+    assert screenshots.mismatches(sweep, shown) == []
+    assert set(shown) == {r["run_name"] for r in sweep.runs}  # every method's run, each in its own column
+    assert (artifacts / "mlflow-compare.png").stat().st_size > 20_000
