@@ -1224,6 +1224,7 @@ def evaluate(
     chunk_size: int | None = None,
     niter: int = DEFAULT_KMEANS_NITER,
     nredo: int = 1,
+    progress: bool | None = False,
 ) -> dict[str, float]:
     """All zero-shot metrics under their stable names (fractions in [0, 1]).
 
@@ -1233,9 +1234,16 @@ def evaluate(
     Clustering: :func:`cluster_scores` with ``niter`` k-means iterations (default 20,
     fewer than faiss's 25, to keep per-epoch evaluation cheap; raise ``niter`` / ``nredo``
     for final numbers if wanted) and ``seed``.
+    ``progress``: a two-stage bar (retrieval, clustering); ``None`` = only on a terminal.
     """
-    ret = retrieval_metrics(embeddings, labels, ks, chunk_size=chunk_size, with_map=True)
-    clu = cluster_scores(embeddings, labels, seed=seed, niter=niter, nredo=nredo)
+    from symm.progress import progress_bar
+
+    with progress_bar(total=2, desc="evaluation: retrieval", unit="stage", enabled=progress, leave=False) as bar:
+        ret = retrieval_metrics(embeddings, labels, ks, chunk_size=chunk_size, with_map=True)
+        bar.set_description("evaluation: k-means clustering")
+        bar.update()
+        clu = cluster_scores(embeddings, labels, seed=seed, niter=niter, nredo=nredo)
+        bar.update()
     out: dict[str, float] = {f"recall_at_{k}": v for k, v in ret.recall.items()}
     out["map_at_r"] = ret.map_at_r
     out["r_precision"] = ret.r_precision

@@ -69,10 +69,17 @@ def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 @torch.no_grad()
-def embed(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def embed(model: nn.Module, images: torch.Tensor, batch_size: int, progress: bool | None = None) -> torch.Tensor:
+    """Embeddings of `images` in eval mode, batch by batch (a progress bar on a terminal by default)."""
+    from symm.progress import progress_bar
+
     was_training = model.training
     model.eval()
-    out = torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    starts = range(0, len(images), batch_size)
+    if progress is None:  # default: on a terminal, when there is more than one batch
+        progress = None if len(starts) > 1 else False
+    out = torch.cat([model(images[i : i + batch_size])
+                     for i in progress_bar(starts, desc="embedding", unit="batch", enabled=progress, leave=False)])
     model.train(was_training)
     return out
 
@@ -153,5 +160,6 @@ def train_trial(
 
     model.load_state_dict(best_weights)
     test_images, test_labels = data["test"]
-    test = evaluate(embed(model, test_images.to(device), eval_cfg.batch_size), test_labels, ks=eval_cfg.ks, seed=seed)
+    test = evaluate(embed(model, test_images.to(device), eval_cfg.batch_size), test_labels, ks=eval_cfg.ks, seed=seed,
+                    progress=None)  # a progress bar on a terminal (not in Ray's worker logs)
     return TrialResult(best_step=best_step, best_val=best_val, test=test, history=history, model=model)

@@ -448,6 +448,6 @@ class _NoBar:
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
+    from symm.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0)
+    return progress_bar(total=total, desc=desc, unit="img")

@@ -519,9 +519,9 @@ def filter_and_render(
     """Render every font; returns (kept fonts, uint8 (F, C, S, S), excluded records)."""
     iterable: Iterable[FontSource] = fonts
     if progress:
-        from tqdm.auto import tqdm
+        from symm.progress import progress_bar
 
-        iterable = tqdm(fonts, desc="glyphs: rendering fonts", unit="font")
+        iterable = progress_bar(fonts, desc="glyphs: rendering fonts", unit="font")
     kept: list[FontSource] = []
     stacks: list[np.ndarray] = []
     excluded: list[dict[str, str]] = []
