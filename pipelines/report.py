@@ -180,8 +180,8 @@ def build_tables(summary: dict[str, Any], table: dict[str, Any], paper: dict[str
             paper_metrics = _metric_order([{"test": v} for v in published.values()])
             beside = Table("Beside the paper: ours (mean) vs published, difference in points",
                            ["method"] + [label(m) for m in paper_metrics],
-                           note=("Not comparable: " + "; ".join(reasons) + "." if reasons else "") +
-                           f" Published: {paper.get('source', '')}.")
+                           note=" ".join(filter(None, ["Not comparable: " + "; ".join(reasons) + "." if reasons else "",
+                                                       f"Published: {paper.get('source', '')}."])))
             for method, stats in methods.items():
                 ref = published.get(method, {})
                 beside.rows.append([method] + [
