@@ -75,30 +75,48 @@ def baseline_of(method: str, methods: list[str]) -> str | None:
     return None
 
 
-def paired_comparisons(records: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
-    """Symm vs its baseline on the seeds both finished: mean difference, its 95% CI, paired t-test p."""
+def _is_symm(method: str, specs: dict[str, Any]) -> bool:
+    options = (specs.get(method) or {}).get("options") or {}
+    return options.get("negatives") == "symm" if method in specs else method.startswith("symm_")
+
+
+def baselines_of(method: str, methods: list[str], specs: dict[str, Any] | None = None) -> list[str]:
+    """What a Symm method is compared with: every non-Symm method on the same loss (mining, DAML,
+    HDML, plain) when the sweep recorded the method specs; else the same name without `symm_`."""
+    specs = specs or {}
+    if not _is_symm(method, specs):
+        return []
+    loss = ((specs.get(method) or {}).get("options") or {}).get("loss")
+    if loss is None:
+        base = baseline_of(method, methods)
+        return [base] if base else []
+    return [m for m in methods if m != method and not _is_symm(m, specs)
+            and ((specs.get(m) or {}).get("options") or {}).get("loss") == loss]
+
+
+def paired_comparisons(records: list[dict[str, Any]], dataset: str,
+                       specs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Symm vs each baseline on the seeds both finished: mean difference, its 95% CI, paired t-test."""
     by_method: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
     for r in records:
         if r["status"] == "ok" and r["dataset"] == dataset:
             by_method[r["method"]][r["seed"]] = r["test"]
     rows = []
     for method in by_method:
-        base = baseline_of(method, list(by_method))
-        if base is None:
-            continue
-        seeds = sorted(set(by_method[method]) & set(by_method[base]))
-        for metric in PAIRED_METRICS:
-            if not all(metric in by_method[m][s] for m in (method, base) for s in seeds):
-                continue
-            diff = np.array([by_method[method][s][metric] - by_method[base][s][metric] for s in seeds])
-            if len(seeds) > 1:
-                test = scipy_stats.ttest_rel([by_method[method][s][metric] for s in seeds],
-                                             [by_method[base][s][metric] for s in seeds])
-                t, p = float(test.statistic), float(test.pvalue)
-            else:
-                t = p = float("nan")
-            rows.append({"method": method, "baseline": base, "metric": metric, "n": len(seeds),
-                         "diff": float(diff.mean()), "ci95": confidence_interval(diff), "t": t, "p": p})
+        for base in baselines_of(method, list(by_method), specs):
+            seeds = sorted(set(by_method[method]) & set(by_method[base]))
+            for metric in PAIRED_METRICS:
+                if not all(metric in by_method[m][s] for m in (method, base) for s in seeds):
+                    continue
+                diff = np.array([by_method[method][s][metric] - by_method[base][s][metric] for s in seeds])
+                if len(seeds) > 1:
+                    test = scipy_stats.ttest_rel([by_method[method][s][metric] for s in seeds],
+                                                 [by_method[base][s][metric] for s in seeds])
+                    t, p = float(test.statistic), float(test.pvalue)
+                else:
+                    t = p = float("nan")
+                rows.append({"method": method, "baseline": base, "metric": metric, "n": len(seeds),
+                             "diff": float(diff.mean()), "ci95": confidence_interval(diff), "t": t, "p": p})
     return rows
 
 
@@ -187,11 +205,11 @@ def build_tables(summary: dict[str, Any], table: dict[str, Any], paper: dict[str
                 beside.rows.append([method] + [
                     _vs_paper(100 * stats[m]["mean"] if m in stats else None, ref.get(m)) for m in paper_metrics])
             tables.append(beside)
-        paired = Table("Symm vs its baseline: paired over seeds (test metrics, percentage points)",
+        paired = Table("Symm vs each baseline on the same loss: paired over seeds (test metrics, percentage points)",
                        ["Symm method", "baseline", "metric", "seeds", "mean Δ", "95% CI of Δ", "paired t", "p"],
                        note="Same seeds, same data order; paired t-test on the per-seed differences. "
                             "With few seeds the test has little power — read the CI.")
-        for c in paired_comparisons(records, dataset):
+        for c in paired_comparisons(records, dataset, summary.get("methods")):
             paired.rows.append([c["method"], c["baseline"], label(c["metric"]), str(c["n"]), f"{100 * c['diff']:+.2f}",
                                 f"[{100 * (c['diff'] - c['ci95']):+.2f}, {100 * (c['diff'] + c['ci95']):+.2f}]",
                                 "–" if np.isnan(c["t"]) else f"{c['t']:.2f}",

@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ray_storage": str(Path(settings.storage_path) / sweep_name), "trials": records,
                 # what the report needs to label results not comparable to the paper
                 "model": raw_science["model"], "selection": {"split": "val", "metric": science.eval.selection_metric},
+                "methods": {m: raw_science["methods"][m] for m in science.sweep.methods},  # Symm's baselines by loss
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.out.with_suffix(".tmp")

@@ -14,6 +14,10 @@ from pipelines import report
 
 RNG = np.random.default_rng(0)
 METHODS = ["npair", "symm_npair", "triplet", "newmethod_npair"]  # the last one: unknown to the paper
+SPECS = {"npair": {"kind": "metric_loss", "options": {"loss": "npair", "negatives": "none"}},
+         "symm_npair": {"kind": "metric_loss", "options": {"loss": "npair", "negatives": "symm"}},
+         "triplet": {"kind": "metric_loss", "options": {"loss": "triplet", "negatives": "none"}},
+         "newmethod_npair": {"kind": "generator", "options": {"loss": "npair"}}}
 
 
 def record(dataset, method, seed, r1):
@@ -30,7 +34,8 @@ def sweep(tmp_path):
     trials.append({**record("cub", "triplet", 9, 0.5), "status": "error", "error": "boom", "test": {}})
     summary = {"sweep": "sweep-test", "code_version": "abc", "data_hashes": {"glyphs": "h1", "cub": "h2"},
                "mlflow_tracking_uri": "sqlite:///nowhere.db", "experiment": "e", "parent_run_id": "p", "trials": trials,
-               "model": {"backbone": "small_cnn", "pretrained": None}, "selection": {"split": "val"}}
+               "model": {"backbone": "small_cnn", "pretrained": None}, "selection": {"split": "val"},
+               "methods": SPECS}
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(summary))
     assert report.main(["--sweep", str(path), "--out", str(tmp_path / "out"), "--no-mlflow"]) == 0
@@ -53,7 +58,7 @@ def test_paired_comparison_matches_scipy_ttest_rel(sweep):
     symm = [values[("glyphs", "symm_npair", s)] for s in range(4)]
     base = [values[("glyphs", "npair", s)] for s in range(4)]
     expected = stats.ttest_rel(symm, base)
-    rows = report.paired_comparisons(json.loads((out.parent / "sweep.json").read_text())["trials"], "glyphs")
+    rows = report.paired_comparisons(json.loads((out.parent / "sweep.json").read_text())["trials"], "glyphs", SPECS)
     row = next(r for r in rows if r["method"] == "symm_npair" and r["metric"] == "recall_at_1")
     assert row["baseline"] == "npair" and row["n"] == 4
     assert row["t"] == pytest.approx(expected.statistic) and row["p"] == pytest.approx(expected.pvalue)
@@ -61,6 +66,13 @@ def test_paired_comparison_matches_scipy_ttest_rel(sweep):
     assert f"| {expected.statistic:.2f} | {expected.pvalue:.3f} |" in text
     assert row["diff"] == pytest.approx(np.mean(np.subtract(symm, base)))
     assert not any(r["method"] == "triplet" for r in rows)  # no symm_triplet in the fixture: nothing to pair
+    # every non-Symm method on the same loss is a baseline (here a generator method unknown to the paper)
+    assert {r["baseline"] for r in rows} == {"npair", "newmethod_npair"}
+    other = next(r for r in rows if r["baseline"] == "newmethod_npair" and r["metric"] == "recall_at_1")
+    assert other["p"] == pytest.approx(stats.ttest_rel(symm, [values[("glyphs", "newmethod_npair", s)] for s in range(4)]).pvalue)
+    # without recorded specs: the name rule (symm_X vs X)
+    assert {r["baseline"] for r in report.paired_comparisons(json.loads((out.parent / "sweep.json").read_text())["trials"],
+                                                             "glyphs")} == {"npair"}
 
 
 def test_paper_numbers_beside_comparable_rows_and_labels_elsewhere(sweep):
