@@ -27,8 +27,9 @@ def record(dataset, method, seed, r1):
             "history": [{"epoch": 1, "step": 10, "val/recall_at_1": r1 - 0.1, "train/synthetic_share": 0.5}]}
 
 
-@pytest.fixture
-def sweep(tmp_path):
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("report")
     values = {(d, m, s): float(RNG.uniform(0.4, 0.8)) for d in ("glyphs", "cub") for m in METHODS for s in range(4)}
     trials = [record(d, m, s, v) for (d, m, s), v in values.items()]
     trials.append({**record("cub", "triplet", 9, 0.5), "status": "error", "error": "boom", "test": {}})
