@@ -246,9 +246,10 @@ def _run_columns(driver: Any, names: list[str]) -> list[str]:
 def _metric_row(driver: Any, metric: str, timeout_s: float) -> list[str]:
     """The displayed values of one metric, left to right, from the comparison's metrics grid.
 
-    The grid is virtualised: only the rows in view plus an overscan exist in the DOM, and its name
-    column does not stay aligned with a scrolled value grid in this MLflow version, so nothing is
-    scrolled: the metric's row must be among the rendered ones (it is for the sweep's ~20 metrics).
+    The grid is virtualised: only the rows and columns in view plus an overscan exist in the DOM,
+    and its name column does not stay aligned with a scrolled value grid in this MLflow version, so
+    nothing is scrolled: the metric's row must be among the rendered ones (it is for the sweep's ~20
+    metrics), and a run whose column is not rendered (many runs, narrow window) counts as missing.
     """
     find = (grids_js + "if (!names || !values) return {error: 'no metrics grid on the page'};"
             "const cell = [...names.querySelectorAll('[style*=top]')].find(c => c.innerText.trim() === arguments[0]);"

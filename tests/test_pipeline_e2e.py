@@ -178,7 +178,7 @@ def test_mlflow_compare_view_in_a_real_browser(pipeline_repo, tmp_path):
     sweep = screenshots.latest_sweep(f"sqlite:///{db}")
     assert sorted(r["method"] for r in sweep.runs) == sorted(["npair", "symm_npair"] * 3)
     artifacts = Path(os.environ.get("SYMM_TEST_ARTIFACTS", tmp_path))
-    with screenshots.chromium(tmp_path, 1500, 2000) as driver, screenshots.mlflow_server(db, tmp_path) as url:
+    with screenshots.chromium(tmp_path, 1800, 2000) as driver, screenshots.mlflow_server(db, tmp_path) as url:
         shown = screenshots.show_comparison(driver, url, sweep, artifacts / "mlflow-compare.png")
     assert screenshots.mismatches(sweep, shown) == []
     assert set(shown) == {r["run_name"] for r in sweep.runs}  # every method's run, each in its own column
