@@ -66,3 +66,17 @@ def test_status_ignores_missing_and_nan_values():
     assert not status.observe("glyphs", "b/seed0", 0.4)
     assert status.best == {"glyphs": (0.5, "a/seed0")}
     assert "0/2 trials: 0 done · 0 running · 0 failed · best val/recall_at_1 glyphs 0.5000 (a/seed0)" in status.line()
+
+
+def test_on_a_terminal_one_bar_carries_the_status():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    progress = SweepProgress(total=2, stream=tty)
+    progress.status.done, progress.status.failed = 1, 1
+    progress.status.observe("glyphs", "symm_npair/seed0", 0.97)
+    progress.on_experiment_end([])
+    text = tty.getvalue()
+    assert "sweep" in text and "2/2" in text and "1 failed" in text and "0.9700 (symm_npair/seed0)" in text
