@@ -99,7 +99,7 @@ def train_trial(
     in_channels = train_images.shape[1]
     model = create_model(model_cfg.backbone, embedding_dim=model_cfg.embedding_dim, in_channels=in_channels, **model_cfg.options).to(device)
     method: TrainingMethod = create_method(method_spec["kind"], **method_spec.get("options", {})).to(device)
-    method.configure_optimizers(model, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    method.configure_optimizers(model, train_cfg.optimizer)
     sampler = NPairBatchSampler(train_labels.cpu().numpy(), train_cfg.classes_per_batch, seed=seed)
     augment_rng = torch.Generator().manual_seed(seed)
 
