@@ -30,6 +30,21 @@ PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 # Why a dataset's numbers cannot be put next to the paper's (the paper: ImageNet GoogLeNet, 227 px).
 NOT_COMPARABLE = {"glyphs": "embedded glyph dataset, small CNN from scratch: not comparable to the paper's numbers"}
 PAIRED_METRICS = ("recall_at_1", "map_at_r", "nmi", "f1")
+# Rows whose checkpoint was picked on the TEST split (eval.selection: best_on_test_diagnostic, the
+# official release's protocol): never comparable with validation-selected rows, so their method
+# name carries this label in every table, figure and metrics.json key.
+DIAGNOSTIC_SELECTION = "best_on_test_diagnostic"
+DIAGNOSTIC_LABEL = " [best-on-test diagnostic]"
+
+
+def label_diagnostic_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with the diagnostic selection get DIAGNOSTIC_LABEL appended to their method name."""
+    out = []
+    for r in records:
+        if r.get("selection") == DIAGNOSTIC_SELECTION and not r["method"].endswith(DIAGNOSTIC_LABEL):
+            r = {**r, "method": r["method"] + DIAGNOSTIC_LABEL}
+        out.append(r)
+    return out
 
 
 def label(metric: str) -> str:
@@ -157,13 +172,17 @@ def build_tables(summary: dict[str, Any], table: dict[str, Any], paper: dict[str
 
 
 def header_lines(summary: dict[str, Any]) -> list[str]:
-    return [
+    diagnostic = [r for r in summary["trials"] if r.get("selection") == DIAGNOSTIC_SELECTION]
+    warning = [f"**{len(diagnostic)} trial(s) selected their checkpoint on the TEST split** (rows labelled "
+               f"`{DIAGNOSTIC_LABEL.strip()}`, the official release's protocol): a diagnostic only, not a fair "
+               "result; do not compare them with validation-selected rows.", ""] if diagnostic else []
+    return warning + [
         f"Sweep `{summary['sweep']}` · code `{summary['code_version']}` · data "
         + ", ".join(f"{k} `{v}`" for k, v in summary["data_hashes"].items())
         + (" · **smoke test (a few steps only)**" if summary.get("smoke_test") else ""),
         "",
         "Checkpoints are selected on validation classes held out from the training classes; the test split "
-        "is used once, for the numbers below.",
+        "is used once, for the numbers below" + (" (except the rows labelled best-on-test diagnostic)." if warning else "."),
         "",
     ]
 
@@ -385,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: error: {args.sweep} not found; run `dvc repro sweep` first", file=sys.stderr)
         return 2
     summary = json.loads(args.sweep.read_text())
+    summary["trials"] = label_diagnostic_rows(summary["trials"])
     table = aggregate(summary["trials"])
     if not table:
         print("report: error: no finished trial in the sweep; see the sweep's errors", file=sys.stderr)

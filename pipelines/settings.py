@@ -31,6 +31,10 @@ class ExecutionSettings(BaseModel):
     storage_path: str = "ray_results"
     mlflow_tracking_uri: str | None = None
     experiment_name: str = "symm-dml"
+    # GPU speed switches: the same arithmetic up to rounding, so execution settings, not science
+    # (bf16 autocast changes the arithmetic: it is the science key train.amp)
+    channels_last: bool = False
+    compile: bool = False
 
 
 # key -> environment variables that override it, first match wins
@@ -43,6 +47,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "storage_path": ("SYMM_STORAGE_PATH",),
     "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI",),
     "experiment_name": ("SYMM_EXPERIMENT_NAME",),
+    "channels_last": ("SYMM_CHANNELS_LAST",),
+    "compile": ("SYMM_COMPILE",),
 }
 
 

@@ -29,7 +29,7 @@ def run(digits, steps=30, eval_every=10, seed=0, **kw):
     return train_trial(
         method_spec=METHOD,
         model_cfg=ModelConfig(backbone="small_cnn", embedding_dim=16, options={"width": 8}),
-        train_cfg=TrainConfig(steps=steps, eval_every=eval_every, optimizer=OptimizerConfig(lr=1e-3), classes_per_batch=4, augment=True),
+        train_cfg=TrainConfig(steps=steps, eval_every=eval_every, optimizer=OptimizerConfig(lr=1e-3), classes_per_batch=4, augmentation="affine"),
         eval_cfg=EvalConfig(ks=[1, 2], batch_size=256),
         data=digits, seed=seed, **kw,
     )
