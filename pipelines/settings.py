@@ -35,6 +35,8 @@ class ExecutionSettings(BaseModel):
     # (bf16 autocast changes the arithmetic: it is the science key train.amp)
     channels_last: bool = False
     compile: bool = False
+    # DataLoader workers per trial for the image benchmarks: batches are bit-identical for any number
+    loader_workers: int = Field(2, ge=0)
 
 
 # key -> environment variables that override it, first match wins
@@ -49,6 +51,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "experiment_name": ("SYMM_EXPERIMENT_NAME",),
     "channels_last": ("SYMM_CHANNELS_LAST",),
     "compile": ("SYMM_COMPILE",),
+    "loader_workers": ("SYMM_LOADER_WORKERS",),
 }
 
 

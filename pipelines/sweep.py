@@ -50,7 +50,7 @@ def run_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
     device = torch.device("cuda" if torch.cuda.is_available() and config["gpus_per_trial"] > 0 else "cpu")
     data = open_prepared(config["data_dirs"][dataset], science.train.augmentation,
-                         num_workers=science.train.loader_workers)
+                         num_workers=config["loader_workers"])
     method_spec = science.methods[method].model_dump()
     selection = science.eval.selection
     diagnostic = selection == "best_on_test_diagnostic"
@@ -84,7 +84,8 @@ def run_trial(config: dict[str, Any]) -> None:
                                "symm_mode": options.get("symm_mode", "-"), **flatten({
                 "method": method_spec, "model": science.model.model_dump(), "train": science.train.model_dump(),
                 "eval": science.eval.model_dump(), "data": science.data[dataset],
-                "execution": {"channels_last": config["channels_last"], "compile": config["compile"]},
+                "execution": {"channels_last": config["channels_last"], "compile": config["compile"],
+                              "loader_workers": config["loader_workers"]},
             })})
 
         def on_eval(event: EvalEvent) -> None:
@@ -108,8 +109,8 @@ def run_trial(config: dict[str, Any]) -> None:
         best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
         mlflow.log_metrics({**test, **best_val, "best_step": result.best_step})
         with tempfile.TemporaryDirectory() as tmp:  # test embeddings of the selected model, for the report's map
-            test_embeddings, test_labels = data.embed(result.model, "test", batch_size=science.eval.batch_size,
-                                                      device=device)
+            test_embeddings, test_labels = data.embed(result.runner, "test", batch_size=science.eval.batch_size,
+                                                      device=device)  # as evaluated (amp, channels-last)
             np.savez(Path(tmp) / "test.npz", embeddings=test_embeddings.cpu().numpy(), labels=test_labels.cpu().numpy())
             mlflow.log_artifact(str(Path(tmp) / "test.npz"), artifact_path="embeddings")
         example = data.example(2)
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gpus_per_trial": settings.gpus_per_trial,
                 "channels_last": settings.channels_last,
                 "compile": settings.compile,
+                "loader_workers": settings.loader_workers,
             }
             trainable = tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
             tuner = tune.Tuner(

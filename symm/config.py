@@ -83,7 +83,6 @@ class TrainConfig(_Strict):
         "standard (224 px): symm.data.augment presets (image benchmarks); none"
     )
     amp: bool = Field(False, description="bf16 autocast for the forward pass (changes the arithmetic: a science key)")
-    loader_workers: int = Field(2, ge=0, description="DataLoader worker processes for image benchmarks")
 
 
 SELECTIONS = ("validation", "best_on_test_diagnostic")

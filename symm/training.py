@@ -57,6 +57,7 @@ class TrialResult:
     history: list[dict[str, Any]]
     model: nn.Module = field(repr=False)
     selection: str = "validation"
+    runner: nn.Module | None = field(default=None, repr=False)  # the model as evaluated (GPU switches applied)
 
 
 def seed_everything(seed: int) -> None:
@@ -216,4 +217,4 @@ def train_trial(
     model.load_state_dict(best_weights)
     test = evaluate_split("test")
     return TrialResult(best_step=best_step, best_val=best_val, test=test, history=history, model=model,
-                       selection=selection)
+                       selection=selection, runner=runner)

@@ -187,8 +187,11 @@ class PackedData:
         return out, loader.labels
 
     def example(self, n: int = 2) -> np.ndarray:
-        images, _ = next(iter(self._eval_loader("test", n, torch.device("cpu"))))
-        return images[:n].numpy()
+        """The first ``n`` test images as the model takes them (eval transform, normalised)."""
+        from symm.data.loaders import PackedDataset
+
+        dataset = PackedDataset(self.prepared_dir, "test", self.preset.eval, normalize=self.preset)
+        return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))]).numpy()
 
 
 def open_prepared(prepared_dir: Path | str, augmentation: str, *, num_workers: int = 2) -> InMemoryData | PackedData:
