@@ -369,7 +369,7 @@ def plot_embedding_maps(summary: dict[str, Any], table: dict[str, Any], path: Pa
             for c in np.unique(labels)[:n_classes]:
                 keep[np.flatnonzero(labels == c)[:per_class]] = True
             emb = emb[keep] / np.linalg.norm(emb[keep], axis=1, keepdims=True).clip(1e-12)
-            xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=20, max_iter=250).fit_transform(emb)
+            xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(20.0, (len(emb) - 1) / 3), max_iter=250).fit_transform(emb)
             class_index = np.searchsorted(np.unique(labels[keep]), labels[keep])
             ax.scatter(xy[:, 0], xy[:, 1], c=class_index, cmap="tab10", vmin=0, vmax=9, s=8)
             ax.set_title(f"{dataset} · {r['method']} · seed {r['seed']} (R@1 {100 * r['test']['recall_at_1']:.1f}%)", fontsize=10)
