@@ -158,11 +158,12 @@ def train_trial(
     model = create_model(model_cfg.backbone, embedding_dim=model_cfg.embedding_dim, pretrained=model_cfg.pretrained,
                          freeze_bn=model_cfg.freeze_bn, pretrained_strict=model_cfg.pretrained_strict,
                          in_channels=data.in_channels, **model_cfg.options).to(device)
+    # before the optimiser: channels-last conversion must not leave it holding stale tensors
+    runner = build_runner(model, amp=train_cfg.amp, channels_last=channels_last, compile=compile, device=device)
     method: TrainingMethod = create_method(method_spec["kind"], **method_spec.get("options", {})).to(device)
     method.configure_optimizers(model, train_cfg.optimizer)
     sampler = make_sampler(data.train_labels, train_cfg.classes_per_batch, train_cfg.images_per_class, seed)
     batches = data.train_loader(sampler, steps=train_cfg.steps, seed=seed, device=device)
-    runner = build_runner(model, amp=train_cfg.amp, channels_last=channels_last, compile=compile, device=device)
     selection = eval_cfg.selection
     select_split = "test" if selection == BEST_ON_TEST else "val"
 

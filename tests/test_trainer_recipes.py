@@ -199,4 +199,9 @@ def test_amp_training_step_runs_on_cpu(fake_cub):
     result = train_trial(method_spec=METHOD, model_cfg=SMALL, train_cfg=cfg, eval_cfg=EvalConfig(ks=[1], batch_size=8),
                          data=data, seed=0, channels_last=True)
     assert torch.isfinite(torch.tensor(result.history[-1]["train"]["loss"]))
+    torch.manual_seed(0)  # the trainer's initial weights (seed_everything(0), then create_model)
+    initial = create_model("small_cnn", embedding_dim=8, in_channels=3, width=4).features[0][0].weight
+    trained = result.model.features[0][0].weight
+    assert trained.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(trained, initial)  # the optimiser updated the channels-last weights
     assert all(v.dtype == torch.float32 for v in result.model.state_dict().values() if v.is_floating_point())
