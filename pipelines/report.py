@@ -32,6 +32,21 @@ NOT_COMPARABLE = {"glyphs": "embedded glyph dataset (not one of the paper's)"}
 PAPER_BACKBONE = "googlenet"
 NO_PUBLISHED = "no published number"
 PAIRED_METRICS = ("recall_at_1", "map_at_r", "nmi", "f1")
+# Rows whose checkpoint was picked on the TEST split (eval.selection: best_on_test_diagnostic, the
+# official release's protocol): never comparable with validation-selected rows, so their method
+# name carries this label in every table, figure and metrics.json key.
+DIAGNOSTIC_SELECTION = "best_on_test_diagnostic"
+DIAGNOSTIC_LABEL = " [best-on-test diagnostic]"
+
+
+def label_diagnostic_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with the diagnostic selection get DIAGNOSTIC_LABEL appended to their method name."""
+    out = []
+    for r in records:
+        if r.get("selection") == DIAGNOSTIC_SELECTION and not r["method"].endswith(DIAGNOSTIC_LABEL):
+            r = {**r, "method": r["method"] + DIAGNOSTIC_LABEL}
+        out.append(r)
+    return out
 
 
 def label(metric: str) -> str:
@@ -226,13 +241,17 @@ def build_tables(summary: dict[str, Any], table: dict[str, Any], paper: dict[str
 
 
 def header_lines(summary: dict[str, Any]) -> list[str]:
-    return [
+    diagnostic = [r for r in summary["trials"] if r.get("selection") == DIAGNOSTIC_SELECTION]
+    warning = [f"**{len(diagnostic)} trial(s) selected their checkpoint on the TEST split** (rows labelled "
+               f"`{DIAGNOSTIC_LABEL.strip()}`, the official release's protocol): a diagnostic only, not a fair "
+               "result; do not compare them with validation-selected rows.", ""] if diagnostic else []
+    return warning + [
         f"Sweep `{summary['sweep']}` · code `{summary['code_version']}` · data "
         + ", ".join(f"{k} `{v}`" for k, v in summary["data_hashes"].items())
         + (" · **smoke test (a few steps only)**" if summary.get("smoke_test") else ""),
         "",
         "Checkpoints are selected on validation classes held out from the training classes; the test split "
-        "is used once, for the numbers below.",
+        "is used once, for the numbers below" + (" (except the rows labelled best-on-test diagnostic)." if warning else "."),
         "",
     ]
 
@@ -419,7 +438,7 @@ def plot_embedding_maps(summary: dict[str, Any], table: dict[str, Any], path: Pa
             for c in np.unique(labels)[:n_classes]:
                 keep[np.flatnonzero(labels == c)[:per_class]] = True
             emb = emb[keep] / np.linalg.norm(emb[keep], axis=1, keepdims=True).clip(1e-12)
-            xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=20, max_iter=250).fit_transform(emb)
+            xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(20.0, (len(emb) - 1) / 3), max_iter=250).fit_transform(emb)
             class_index = np.searchsorted(np.unique(labels[keep]), labels[keep])
             ax.scatter(xy[:, 0], xy[:, 1], c=class_index, cmap="tab10", vmin=0, vmax=9, s=8)
             ax.set_title(f"{dataset} · {r['method']} · seed {r['seed']} (R@1 {100 * r['test']['recall_at_1']:.1f}%)", fontsize=10)
@@ -454,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: error: {args.sweep} not found; run `dvc repro sweep` first", file=sys.stderr)
         return 2
     summary = json.loads(args.sweep.read_text())
+    summary["trials"] = label_diagnostic_rows(summary["trials"])
     table = aggregate(summary["trials"])
     if not table:
         print("report: error: no finished trial in the sweep; see the sweep's errors", file=sys.stderr)

@@ -31,6 +31,12 @@ class ExecutionSettings(BaseModel):
     storage_path: str = "ray_results"
     mlflow_tracking_uri: str | None = None
     experiment_name: str = "symm-dml"
+    # GPU speed switches: the same arithmetic up to rounding, so execution settings, not science
+    # (bf16 autocast changes the arithmetic: it is the science key train.amp)
+    channels_last: bool = False
+    compile: bool = False
+    # DataLoader workers per trial for the image benchmarks: batches are bit-identical for any number
+    loader_workers: int = Field(2, ge=0)
 
 
 # key -> environment variables that override it, first match wins
@@ -43,6 +49,9 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "storage_path": ("SYMM_STORAGE_PATH",),
     "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI",),
     "experiment_name": ("SYMM_EXPERIMENT_NAME",),
+    "channels_last": ("SYMM_CHANNELS_LAST",),
+    "compile": ("SYMM_COMPILE",),
+    "loader_workers": ("SYMM_LOADER_WORKERS",),
 }
 
 

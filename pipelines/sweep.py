@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from symm.config import parse_science_params
+
 from pipelines.settings import (
     REPO_ROOT,
     ExecutionSettings,
@@ -38,23 +40,27 @@ def run_trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
+    from symm.checkpoint import load_checkpoint, save_checkpoint
     from symm.config import parse_science_params
-    from symm.data.prepared import load_split
-    from symm.training import EvalEvent, embed, train_trial
+    from symm.data.trial import open_prepared
+    from symm.training import EvalEvent, train_trial
 
     science = parse_science_params(config["science"])
     dataset, method, seed = config["dataset"], config["method"], config["seed"]
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
-    device = "cuda" if torch.cuda.is_available() and config["gpus_per_trial"] > 0 else "cpu"
-    data = {split: load_split(config["data_dirs"][dataset], split) for split in ("train", "val", "test")}
+    device = torch.device("cuda" if torch.cuda.is_available() and config["gpus_per_trial"] > 0 else "cpu")
+    data = open_prepared(config["data_dirs"][dataset], science.train.augmentation,
+                         num_workers=config["loader_workers"])
     method_spec = science.methods[method].model_dump()
+    selection = science.eval.selection
+    diagnostic = selection == "best_on_test_diagnostic"
 
     resume_state = None
     run_id = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            resume_state = torch.load(Path(ckpt_dir) / "state.pt", weights_only=False)
+            resume_state = load_checkpoint(Path(ckpt_dir) / "state.pt")
         run_id = resume_state.pop("mlflow_run_id", None)
 
     mlflow.set_tracking_uri(config["mlflow_uri"])
@@ -63,47 +69,57 @@ def run_trial(config: dict[str, Any]) -> None:
         "mlflow.parentRunId": config["parent_run_id"],
         "code_version": config["code_version"],
         "data_hash": config["data_hashes"][dataset],
-        "dataset": dataset, "method": method, "seed": str(seed),
-        "selection": f"best validation {science.eval.selection_metric}",
+        "dataset": dataset, "method": method, "seed": str(seed), "recipe": str(science.recipe),
+        "selection": (f"DIAGNOSTIC: best TEST {science.eval.selection_metric} (the official release's pick; "
+                      "not a fair result)") if diagnostic else f"best validation {science.eval.selection_metric}",
+        "selection_mode": selection,
     }
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{dataset}-{method}-seed{seed}", tags=tags) as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else
+                          f"{dataset}-{method}-seed{seed}" + ("-BEST-ON-TEST-DIAGNOSTIC" if diagnostic else ""),
+                          tags=tags) as run:
         if run_id is None:
             options = method_spec.get("options", {})
-            mlflow.log_params({"dataset": dataset, "method": method, "seed": seed,
+            mlflow.log_params({"dataset": dataset, "method": method, "seed": seed, "recipe": str(science.recipe),
                                "loss": options.get("loss", "-"), "negatives": options.get("negatives", "-"),
                                "symm_mode": options.get("symm_mode", "-"), **flatten({
                 "method": method_spec, "model": science.model.model_dump(), "train": science.train.model_dump(),
                 "eval": science.eval.model_dump(), "data": science.data[dataset],
+                "execution": {"channels_last": config["channels_last"], "compile": config["compile"],
+                              "loader_workers": config["loader_workers"]},
             })})
 
         def on_eval(event: EvalEvent) -> None:
             metrics = {f"train/{k}": v for k, v in event.train.items()}
             metrics.update({f"val/{k}": v for k, v in event.val.items()})
+            if event.test is not None:  # only in the diagnostic mode; named so it cannot pass for a val curve
+                metrics.update({f"test_diagnostic/{k}": v for k, v in event.test.items()})
             mlflow.log_metrics(metrics, step=event.epoch)
             with tempfile.TemporaryDirectory() as tmp:
                 state = event.checkpoint()
                 state["mlflow_run_id"] = run.info.run_id
-                torch.save(state, Path(tmp) / "state.pt")
+                save_checkpoint(state, Path(tmp) / "state.pt")
                 tune.report({"epoch": event.epoch, "step": event.step, **metrics},
                             checkpoint=tune.Checkpoint.from_directory(tmp))
 
         result = train_trial(method_spec=method_spec, model_cfg=science.model, train_cfg=science.train,
                              eval_cfg=science.eval, data=data, seed=seed, device=device,
-                             on_eval=on_eval, resume_state=resume_state)
+                             on_eval=on_eval, resume_state=resume_state,
+                             channels_last=config["channels_last"], compile=config["compile"])
         test = {f"test/{k}": v for k, v in result.test.items()}
         best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
         mlflow.log_metrics({**test, **best_val, "best_step": result.best_step})
         with tempfile.TemporaryDirectory() as tmp:  # test embeddings of the selected model, for the report's map
-            test_embeddings = embed(result.model, data["test"][0].to(device), science.eval.batch_size).cpu()
-            np.savez(Path(tmp) / "test.npz", embeddings=test_embeddings.numpy(), labels=data["test"][1].numpy())
+            test_embeddings, test_labels = data.embed(result.runner, "test", batch_size=science.eval.batch_size,
+                                                      device=device)  # as evaluated (amp, channels-last)
+            np.savez(Path(tmp) / "test.npz", embeddings=test_embeddings.cpu().numpy(), labels=test_labels.cpu().numpy())
             mlflow.log_artifact(str(Path(tmp) / "test.npz"), artifact_path="embeddings")
-        example = data["test"][0][:2].numpy()
+        example = data.example(2)
         model = result.model.cpu().eval()
         mlflow.pytorch.log_model(model, name="model", input_example=example,
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         tune.report({"epoch": result.history[-1]["epoch"] if result.history else 0, "done_training": True,
-                     "best_step": result.best_step, "mlflow_run_id": run.info.run_id, **test,
-                     **best_val})
+                     "best_step": result.best_step, "mlflow_run_id": run.info.run_id, "selection": result.selection,
+                     **test, **best_val})
 
 
 def _init_ray(settings: ExecutionSettings) -> None:
@@ -153,6 +169,7 @@ def _trial_record(result: Any) -> dict[str, Any]:
     return {
         "dataset": config["dataset"], "method": config["method"], "seed": config["seed"],
         "status": "error" if result.error else "ok",
+        "selection": config["science"].get("eval", {}).get("selection", "validation"),
         "error": repr(result.error) if result.error else None,
         "test": {k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
         "best_val": {k[9:]: v for k, v in metrics.items() if k.startswith("best_val/")},
@@ -169,7 +186,8 @@ def register_best_models(records: list[dict[str, Any]]) -> None:
 
     client = MlflowClient()
     for dataset in sorted({r["dataset"] for r in records}):
-        finished = [r for r in records if r["dataset"] == dataset and r["status"] == "ok" and r["mlflow_run_id"]]
+        finished = [r for r in records if r["dataset"] == dataset and r["status"] == "ok" and r["mlflow_run_id"]
+                    and r.get("selection", "validation") == "validation"]  # never a test-selected model
         if not finished:
             continue
         best = max(finished, key=lambda r: r["best_val"].get("recall_at_1", float("-inf")))
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_science = {k: v for k, v in read_params(args.params).items() if k != "execution"}
     seeds = science.sweep.seeds
     if args.smoke_test:
-        raw_science["train"] = {**raw_science["train"], "steps": 20, "eval_every": 10}
+        raw_science["train"] = {**(raw_science.get("train") or {}), "steps": 20, "eval_every": 10}
         seeds = seeds[:1]
 
     # Tune warns on every forced experiment snapshot (num_to_keep): noise for short trials.
@@ -214,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_resources(settings)
         with mlflow.start_run(run_name=sweep_name, tags={"code_version": version, "kind": "sweep"}) as parent:
-            mlflow.log_params(flatten({k: v for k, v in raw_science.items() if k != "data"}))
+            resolved = parse_science_params(raw_science).model_dump(exclude={"data", "datasets"})
+            mlflow.log_params(flatten(resolved))  # the recipe as resolved (preset + overrides)
             mlflow.log_params({f"data_hash.{k}": v for k, v in hashes.items()})
             param_space = {
                 "dataset": tune.grid_search(science.sweep.datasets),
@@ -229,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                 "code_version": version,
                 "cpus_per_trial": settings.cpus_per_trial,
                 "gpus_per_trial": settings.gpus_per_trial,
+                "channels_last": settings.channels_last,
+                "compile": settings.compile,
+                "loader_workers": settings.loader_workers,
             }
             trainable = tune.with_resources(run_trial, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
             tuner = tune.Tuner(
@@ -253,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sweep": sweep_name, "code_version": version, "data_hashes": hashes,
                 "mlflow_tracking_uri": settings.mlflow_tracking_uri, "experiment": settings.experiment_name,
                 "parent_run_id": parent.info.run_id, "smoke_test": args.smoke_test,
+                "recipe": science.recipe, "selection": science.eval.selection,
                 "ray_storage": str(Path(settings.storage_path) / sweep_name), "trials": records,
                 # what the report needs to label results not comparable to the paper
                 "model": raw_science["model"], "selection": {"split": "val", "metric": science.eval.selection_metric},

@@ -31,12 +31,21 @@ def test_repository_params_are_valid(params):
     [
         (lambda p: p["sweep"]["methods"].append("magic"), "sweep.methods lists 'magic'"),
         (lambda p: p["model"].update(backbone="resnet9000"), "unknown backbone 'resnet9000'"),
-        (lambda p: p["train"].pop("steps"), "missing key 'train.steps'"),
-        (lambda p: p["train"].update(stpes=3), "unknown key 'train.stpes'"),
+        (lambda p: p["recipes"]["glyphs"]["train"].pop("steps"), r"recipes.glyphs is invalid:\n  - missing key 'train.steps'"),
+        (lambda p: p["train"].update(stpes=3), r"unknown key 'train.stpes' \(typo\?\); allowed here: .*steps"),
+        (lambda p: p["recipes"]["paper"]["train"].update(optimiser={}), r"recipes.paper is invalid:\n  - unknown key 'train.optimiser'"),
+        (lambda p: p.update(recipe="papr"), r"recipe 'papr' is not defined; defined recipes: \['glyphs', 'mlrc', 'paper'\]"),
+        (lambda p: p["train"].update(augmentation="official"), "'official' is an image-benchmark preset but 'glyphs'"),
+        (lambda p: p["train"].update(images_per_class=4), r"exactly 2 images per class\); set train.images_per_class: 2"),
+        (lambda p: p["data"]["cub"].update(augmentation="official"), "data.cub.augmentation is not read"),
+        (lambda p: p["eval"].update(selection="best_on_test"), "'eval.selection'"),
         (lambda p: p["methods"]["npair"]["options"].update(loss="nope"), "methods.npair: unknown loss 'nope'"),
         (lambda p: p["methods"]["npair"]["options"].update(margn=1), r"methods.npair: unknown option\(s\) \['margn'\]"),
         (lambda p: p["methods"]["npair"].update(kind="alchemy"), "unknown method kind 'alchemy'"),
-        (lambda p: p["train"].update(lr=-1), "'train.lr'"),
+        (lambda p: p["train"].update(optimizer={"lr": -1}), "'train.optimizer.lr'"),
+        (lambda p: p["train"].update(optimizer={"name": "adagrad"}), "'train.optimizer.name'"),
+        (lambda p: p["train"].update(optimizer={"name": "sgd", "weight_decay_mode": "decoupled"}),
+         "'decoupled' is defined for adam"),
         (lambda p: p["sweep"]["datasets"].append("cub"), "sweep.datasets lists 'cub'"),
     ],
 )
@@ -45,6 +54,18 @@ def test_bad_params_raise_a_clear_error(params, mutate, message):
     mutate(bad)
     with pytest.raises(ValueError, match=message):
         parse_science_params(bad)
+
+
+def test_recipe_is_resolved_with_overrides(params):
+    """Preset values, deep-merged with the top-level overrides; the other presets stay valid."""
+    params["recipe"] = "paper"
+    params["train"] = {"steps": 2000, "optimizer": {"lr": 2e-4}}
+    params["sweep"]["datasets"] = params["datasets"] = ["cub"]
+    science = parse_science_params(params)
+    assert science.recipe == "paper" and science.model.backbone == "googlenet" and science.model.embedding_dim == 512
+    assert science.train.steps == 2000 and science.train.optimizer.lr == 2e-4
+    assert science.train.optimizer.weight_decay == 5e-3 and science.train.optimizer.schedule.every == 5000
+    assert science.train.augmentation == "official" and science.train.classes_per_batch == 64
 
 
 def test_dataset_without_prepare_rule(tmp_path, params):

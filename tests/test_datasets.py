@@ -272,7 +272,7 @@ def test_params_yaml_declares_the_benchmarks_but_runs_glyphs_only() -> None:
     for name in ("cub", "cars196", "sop"):
         entry = params["data"][name]
         assert entry["root"] is None and entry["short_side"] == 256 and entry["crop_to_bbox"] is False
-        get_preset(entry["augmentation"])
+        assert "augmentation" not in entry  # a train setting now (train.augmentation), not a prepare one
 
 
 # -------------------------------------------------------------------------------- samplers

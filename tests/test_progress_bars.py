@@ -9,7 +9,7 @@ import torch
 
 from symm.evaluation import evaluate
 from symm.progress import progress_bar
-from symm.training import embed
+from symm.data.trial import embed_tensors as embed
 
 
 class Terminal(io.StringIO):

@@ -154,3 +154,22 @@ def test_index_html_is_self_contained(sweep):
     finder.feed((out / "index.html").read_text())
     assert finder.external == []
     assert finder.images == 4
+
+
+def test_best_on_test_rows_are_labelled_as_a_diagnostic(tmp_path):
+    """Test-selected trials never pass for fair rows: their own label, warning, key and no paper delta."""
+    trials = [record("cub", m, s, 0.5 + 0.01 * s) for m in ("npair", "symm_npair") for s in range(2)]
+    trials += [{**record("cub", m, s, 0.6), "selection": "best_on_test_diagnostic"} for m in ("npair", "symm_npair")
+               for s in range(2)]
+    summary = {"sweep": "s", "code_version": "c", "data_hashes": {"cub": "h"}, "mlflow_tracking_uri": "sqlite:///x.db",
+               "experiment": "e", "parent_run_id": "p", "trials": trials}
+    (tmp_path / "sweep.json").write_text(json.dumps(summary))
+    assert report.main(["--sweep", str(tmp_path / "sweep.json"), "--out", str(tmp_path / "out"), "--no-mlflow"]) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    label = "npair [best-on-test diagnostic]"
+    assert "**4 trial(s) selected their checkpoint on the TEST split**" in text
+    assert f"| {label} | 2 |" in text and "| npair | 2 |" in text
+    assert f"| symm_{label} | {label} | R@1 |" in text  # paired only with its own kind
+    assert f"| symm_{label} | 2 | 60.0 ± 0.0 |" in text and "| 55.9 | +4.1 |" not in text  # no paper delta
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics["cub"]) == {"npair", "symm_npair", label, f"symm_{label}"}

@@ -6,10 +6,12 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from symm.config import EvalConfig, ModelConfig, TrainConfig
+from symm.config import EvalConfig, ModelConfig, OptimizerConfig, TrainConfig
 from symm.training import train_trial
 
 METHOD = {"kind": "metric_loss", "options": {"loss": "npair", "negatives": "symm", "symm_mode": "official"}}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def run(digits, steps=30, eval_every=10, seed=0, **kw):
     return train_trial(
         method_spec=METHOD,
         model_cfg=ModelConfig(backbone="small_cnn", embedding_dim=16, options={"width": 8}),
-        train_cfg=TrainConfig(steps=steps, eval_every=eval_every, lr=1e-3, weight_decay=0.0, classes_per_batch=4, augment=True),
+        train_cfg=TrainConfig(steps=steps, eval_every=eval_every, optimizer=OptimizerConfig(lr=1e-3), classes_per_batch=4, augmentation="affine"),
         eval_cfg=EvalConfig(ks=[1, 2], batch_size=256),
         data=digits, seed=seed, **kw,
     )
@@ -64,3 +66,33 @@ def test_resume_from_a_checkpoint_continues_exactly(digits):
 def test_missing_split_is_a_clear_error(digits):
     with pytest.raises(ValueError, match="no 'val' split"):
         run({"train": digits["train"], "test": digits["test"]})
+
+
+def test_resume_through_a_checkpoint_file_is_exact(digits, tmp_path):
+    """The in-memory path's checkpoint survives torch.save/load(weights_only=True) and resumes bit-exactly."""
+    from symm.checkpoint import load_checkpoint, save_checkpoint
+
+    straight = run(digits, steps=20)
+    run(digits, steps=20, on_eval=lambda e: save_checkpoint(e.checkpoint(), tmp_path / "s.pt") if e.step == 10 else None)
+    resumed = run(digits, steps=20, resume_state=load_checkpoint(tmp_path / "s.pt"))
+    assert resumed.history == straight.history
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_best_on_test_is_only_a_labelled_diagnostic(digits):
+    """Default: test metrics never reach selection; the diagnostic picks the best TEST step and says so."""
+    fair = run(digits)
+    assert fair.selection == "validation" and all("test_diagnostic" not in h for h in fair.history)
+    diag = train_trial(
+        method_spec=METHOD,
+        model_cfg=ModelConfig(backbone="small_cnn", embedding_dim=16, options={"width": 8}),
+        train_cfg=TrainConfig(steps=30, eval_every=10, optimizer=OptimizerConfig(lr=1e-3), classes_per_batch=4),
+        eval_cfg=EvalConfig(ks=[1, 2], batch_size=256, selection="best_on_test_diagnostic"),
+        data=digits, seed=0,
+    )
+    assert diag.selection == "best_on_test_diagnostic"
+    test_r1 = [h["test_diagnostic"]["recall_at_1"] for h in diag.history]
+    assert diag.best_step == diag.history[test_r1.index(max(test_r1))]["step"]
+    assert diag.test["recall_at_1"] == max(test_r1)
+    assert [h["val"] for h in diag.history] == [h["val"] for h in fair.history]  # same training, other pick
