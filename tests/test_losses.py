@@ -413,21 +413,48 @@ def test_gram_formulation_equals_materialised_reflections(form, alpha, beta, res
 # ---------------------------------------------------------------- properties
 
 
+REFLECTIONS = [{}, dict(alpha=1.5, beta=0.5), dict(form="official", alpha=2.5, beta=1.5, rescale_to_axis_norm=True)]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("squared", [True, False])
-def test_symm_never_selects_an_easier_negative(seed, squared):
-    # every candidate set contains the real points, so the selected negative is at least as close
+@pytest.mark.parametrize("reflection", REFLECTIONS)
+def test_symm_never_selects_an_easier_negative(seed, squared, reflection):
+    # Reference: the hardest real negative by explicit loops. Every candidate set contains the
+    # real points, so the selected negative is at least as close (any alpha, beta, form).
     emb, _ = batch(seed)
     a, p = emb[0::2], emb[1::2]
-    real = real_sets(a, p).distances(squared)
-    symm = symmetric_sets(a, p).distances(squared)
-    real_point4, _ = hardest_of_each_class(real)
-    symm_point4, _ = hardest_of_each_class(symm)
-    assert (symm_point4 <= real_point4 + 1e-12).all()
-    real_pair16, _ = hardest_pair_of_classes(real)
-    symm_pair16, _ = hardest_pair_of_classes(symm)
-    assert (symm_pair16 <= real_pair16 + 1e-12).all()
-    assert (symm_pair16 <= symm_point4.view(2, *symm_pair16.shape).min(0).values + 1e-12).all()
+    real = np.stack([a.numpy(), p.numpy()])
+    dist = d2 if squared else d1
+    n = real.shape[1]
+    real_point4 = np.array([[min(dist(anchor, v) for v in real[:, j]) for j in range(n)] for anchor in np.concatenate(real)])
+    real_pair16 = np.array([[min(dist(u, v) for u in real[:, i] for v in real[:, j]) for j in range(n)] for i in range(n)])
+    symm = symmetric_sets(a, p, **reflection)
+    symm_point4, _ = hardest_of_each_class(symm, squared)
+    symm_pair16, _ = hardest_pair_of_classes(symm, squared)
+    other = ~np.eye(n, dtype=bool)  # negatives only: another class
+    symm_point4, symm_pair16 = symm_point4.numpy(), symm_pair16.numpy()
+    assert (symm_point4[np.tile(other, (2, 1))] <= real_point4[np.tile(other, (2, 1))] + 1e-10).all()
+    assert (symm_pair16[other] <= real_pair16[other] + 1e-10).all()
+    assert (symm_pair16[other] <= symm_point4.reshape(2, n, n).min(0)[other] + 1e-10).all()
+    assert (symm_point4 < real_point4 - 1e-6).any()  # and synthesis does find harder ones
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("reflection", REFLECTIONS)
+def test_symm_logits_are_never_easier_than_the_real_ones(seed, reflection):
+    # Reference: numpy similarities of the real points. N-pair point4 / pair16 off-diagonal
+    # logits are maxima over candidate sets holding the real points.
+    emb, labels = batch(seed, scale=0.5)
+    a, p = emb[0::2].numpy(), emb[1::2].numpy()
+    off = ~np.eye(len(a), dtype=bool)
+    real_point4 = np.maximum(a @ a.T, a @ p.T)
+    real_pair16 = np.maximum.reduce([a @ a.T, a @ p.T, p @ a.T, p @ p.T])
+    for mode, reference in (("point4", real_point4), ("pair16", real_pair16)):
+        loss = create_loss("npair", negatives="symm", symm_mode=mode, **reflection)
+        logits, _ = loss.symm_logits(symmetric_sets(emb[0::2], emb[1::2], **reflection))
+        assert (logits.detach().numpy()[off] >= reference[off] - 1e-10).all(), mode
+        np.testing.assert_allclose(np.diag(logits.detach().numpy()), np.sum(a * p, 1), rtol=1e-12)  # positive kept
 
 
 @pytest.mark.parametrize("seed", SEEDS)
