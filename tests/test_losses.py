@@ -512,3 +512,22 @@ def test_every_registered_combination_runs_forward_and_backward(name, negatives,
 def test_invalid_combinations_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("name, negatives, mode", supported_combinations())
+def test_gradients_equal_finite_differences(name, negatives, mode):
+    # Reference: central finite differences (torch.autograd.gradcheck, float64) of the forward the
+    # tests above check against PML / numpy. Choices are made without autograd and only the
+    # chosen similarities recomputed with it: this checks that gives the true gradient.
+    emb, labels = batch(5, n=5, dim=4, scale=0.5 if name in ("npair", "angular") else 1.0)
+    options = {"symm_mode": mode} if mode else {}
+    loss_fn = create_loss(name, negatives=negatives, **options)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(True),), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [dict(hardness_rank=3), dict(alpha=1.5, beta=0.5, form="official", rescale_to_axis_norm=True)])
+@pytest.mark.parametrize("name, mode", [("npair", "official"), ("angular", "official"), ("triplet", "pair16"), ("lifted", "point4")])
+def test_gradients_equal_finite_differences_for_symm_options(name, mode, options):
+    emb, labels = batch(6, n=5, dim=4, scale=0.5 if name in ("npair", "angular") else 1.0)
+    loss_fn = create_loss(name, negatives="symm", symm_mode=mode, **options)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(True),), eps=1e-6, atol=1e-6)

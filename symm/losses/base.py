@@ -98,13 +98,40 @@ class PairLoss(nn.Module):
             return anchors, positives, symmetric_sets(anchors, positives, **self.reflection)
         return anchors, positives, real_sets(anchors, positives)
 
-    def record_synthetic(self, synthetic: torch.Tensor) -> None:
-        """Log the share of selected negatives that are synthetic (the paper's ratio curve)."""
-        if self.negatives == "symm":
-            self.last_stats = {"synthetic_share": synthetic.float().mean().item() if synthetic.numel() else 0.0}
+    def record_synthetic(self, synthetic: torch.Tensor, off_diagonal: bool = False) -> None:
+        """Log the share of selected negatives that are synthetic (the paper's ratio curve).
+
+        ``off_diagonal``: ``synthetic`` is (..., N, N) and only off-diagonal entries are negatives.
+        """
+        if self.negatives != "symm":
+            return
+        flags = synthetic.float()
+        if off_diagonal:
+            n = flags.shape[-1]
+            share = (flags.sum() - flags.diagonal(dim1=-2, dim2=-1).sum()) / (flags.numel() // n * (n - 1))
+        else:
+            share = flags.mean() if flags.numel() else torch.zeros(())
+        self.last_stats = {"synthetic_share": share.item()}
 
     def extra_repr(self) -> str:
         return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
+
+
+def _first_best(candidates: torch.Tensor, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """max / min with the first winning index, in float arithmetic only.
+
+    torch's CPU ``max(dim)`` with indices, ``argmax`` and integer/bool reductions are scalar
+    loops, 30-200x slower than the vectorised ``amax``: the index is the smallest k among the
+    winners, found as amin over k + count·sign(gap).
+    """
+    best = candidates.amax(dim, keepdim=True) if largest else candidates.amin(dim, keepdim=True)
+    gap = best - candidates if largest else candidates - best  # >= 0, 0 at the winners
+    count = candidates.shape[dim]
+    shape = [1] * candidates.dim()
+    shape[dim] = count
+    order = torch.arange(count, dtype=candidates.dtype, device=candidates.device).view(shape)
+    which = (torch.sign(gap) * count).add_(order).amin(dim).nan_to_num_(0.0)  # a NaN input gives index 0 (and a NaN loss), not an error
+    return best.squeeze(dim), which.long()
 
 
 def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +141,7 @@ def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool) ->
     values may resolve to either index; the value is the same).
     """
     if rank == 1:
-        return candidates.max(dim=dim) if largest else candidates.min(dim=dim)
+        return _first_best(candidates, dim, largest)
     if largest:
         values, which = (-candidates).kthvalue(rank, dim=dim)
         return -values, which

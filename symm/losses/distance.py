@@ -21,15 +21,11 @@ from symm.losses.pairs import PointSets, to_distance
 INF = float("inf")
 
 
-def _set_is_synthetic(n_sets: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(n_sets, device=device) >= 2
-
-
 def real_distances(sets: PointSets, squared: bool) -> torch.Tensor:
     """(2N, 2N) distances between the real points with autograd; point s·N + i is set s, class i."""
-    points = torch.cat(sets.real)
     sq = sets.sq_norms[:2].reshape(-1)
-    return to_distance(torch.addmm(sq[:, None] + sq[None, :], points, points.T, alpha=-2), squared)
+    gram = sets.gram.transpose(1, 2).reshape(2 * sets.n_classes, -1)  # the (2N, 2N) Gram, a view
+    return to_distance((sq[:, None] + sq[None, :]) - 2 * gram, squared)
 
 
 def _selected_distances(sets: PointSets, row_sets: torch.Tensor, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
@@ -54,7 +50,7 @@ def hardest_of_each_class(sets: PointSets, squared: bool, rank: int = 1) -> tupl
         which = kth_hardest(d2, rank, dim=1, largest=False)[1]  # (2, N, N)
         rows = torch.arange(2, device=which.device)[:, None, None].expand_as(which)
     values = _selected_distances(sets, rows, which, squared)
-    return values.reshape(2 * n, n), _set_is_synthetic(n_sets, which.device)[which].reshape(2 * n, n)
+    return values.reshape(2 * n, n), (which >= 2).reshape(2 * n, n)
 
 
 def hardest_pair_of_classes(sets: PointSets, squared: bool, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,8 +62,8 @@ def hardest_pair_of_classes(sets: PointSets, squared: bool, rank: int = 1) -> tu
         d2 = sq.repeat_interleave(n_sets, 0)[:, :, None] + sq.repeat(n_sets, 1)[:, None, :] - 2 * sets.candidates(pairs)
         which = kth_hardest(d2, rank, dim=0, largest=False)[1]
     rows, cols = which // n_sets, which % n_sets
-    synthetic = _set_is_synthetic(n_sets, which.device)
-    return _selected_distances(sets, rows, cols, squared), synthetic[rows] | synthetic[cols]
+    synthetic = torch.tensor([float(r >= 2 or t >= 2) for r, t in pairs], device=which.device)
+    return _selected_distances(sets, rows, cols, squared), torch.take(synthetic, which)
 
 
 def pool_distances(sets: PointSets, squared: bool) -> torch.Tensor:
@@ -92,6 +88,12 @@ def other_class_mask(n_rows_sets: int, n_cols_sets: int, n: int, device: torch.d
     rows = torch.arange(n, device=device).repeat(n_rows_sets)
     cols = torch.arange(n, device=device).repeat(n_cols_sets)
     return rows[:, None] != cols[None, :]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the entries where ``mask`` is set, as a product with a float mask (boolean indexing is slow)."""
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum()
 
 
 def semihard_negatives(candidates: torch.Tensor, negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,7 @@ class _DistanceLoss(PairLoss):
         else:
             negative, synthetic = hardest_of_each_class(sets, self.squared, self.hardness_rank)
             other = other_class_mask(2, 1, n, negative.device)
-        self.record_synthetic(synthetic[other])
+        self.record_synthetic(synthetic.view(-1, n, n), off_diagonal=True)
         return negative, other, synthetic
 
 
@@ -147,7 +149,7 @@ class TripletLoss(_DistanceLoss):
         if self.symm_mode in ("point4", "pair16"):
             negative, other, _ = self.symm_negatives(sets)
             anchor_positive = positive[:, None] if self.symm_mode == "pair16" else positive.repeat(2)[:, None]
-            return torch.relu(anchor_positive - negative + self.margin)[other].mean()
+            return masked_mean(torch.relu(anchor_positive - negative + self.margin), other)
         anchor_positive = positive.repeat(2)  # anchors a_i then p_i
         if self.negatives == "symm":  # semi-hard over the real and synthetic points
             pool = pool_distances(sets, self.squared)
@@ -159,7 +161,7 @@ class TripletLoss(_DistanceLoss):
         rows = real_distances(sets, self.squared)
         other = other_class_mask(2, 2, n, rows.device)
         if self.negatives == "none":
-            return torch.relu(anchor_positive[:, None] - rows + self.margin)[other].mean()
+            return masked_mean(torch.relu(anchor_positive[:, None] - rows + self.margin), other)
         detached = rows.detach()
         if self.negatives == "hardest":
             column = torch.where(other, detached, INF).argmin(dim=1)
@@ -243,10 +245,10 @@ class ContrastiveLoss(_DistanceLoss):
         positive_term = torch.relu(positive - self.pos_margin).mean()
         if self.negatives == "symm":
             negative, other, _ = self.symm_negatives(sets)
-            return positive_term + torch.relu(self.margin - negative)[other].mean()
+            return positive_term + masked_mean(torch.relu(self.margin - negative), other)
         rows = real_distances(sets, self.squared)
         other = other_class_mask(2, 2, n, rows.device)
         if self.negatives == "hardest":
             column = torch.where(other, rows.detach(), INF).argmin(dim=1)
             return positive_term + torch.relu(self.margin - rows.gather(1, column[:, None])).mean()
-        return positive_term + torch.relu(self.margin - rows)[other].mean()
+        return positive_term + masked_mean(torch.relu(self.margin - rows), other)

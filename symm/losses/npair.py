@@ -22,8 +22,10 @@ OFFICIAL_SET_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2
 OFFICIAL_ORDERED_PAIRS: tuple[tuple[int, int], ...] = tuple((s, t) for s in range(4) for t in range(4) if s != t)
 
 
-def _is_synthetic(pairs: list[tuple[int, int]] | tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor([s >= 2 or t >= 2 for s, t in pairs], device=device)
+def _is_synthetic(pairs: list[tuple[int, int]] | tuple[tuple[int, int], ...], which: torch.Tensor) -> torch.Tensor:
+    """(N, N) 1.0 where the chosen candidate involves a synthetic set (float: cheap to gather and average)."""
+    flags = torch.tensor([float(s >= 2 or t >= 2) for s, t in pairs], device=which.device)
+    return torch.take(flags, which)
 
 
 def _choose(candidates: torch.Tensor, rank: int) -> torch.Tensor:
@@ -54,7 +56,7 @@ class _LogitLoss(PairLoss):
         n = anchors.shape[0]
         if self.negatives == "symm":
             logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection))
-            self.record_synthetic(synthetic[~torch.eye(n, dtype=torch.bool, device=logits.device)])
+            self.record_synthetic(synthetic, off_diagonal=True)
         else:
             logits = self.plain_logits(anchors, positives)
         targets = torch.arange(n, device=logits.device)
@@ -98,7 +100,7 @@ class NPairLoss(_LogitLoss):
             index = torch.tensor(pairs, device=which.device)
             rows, cols = index[which, 0], index[which, 1]
         logits = sets.grid_sims(rows, cols, anchors_only=anchors_only)
-        return logits, _is_synthetic(pairs, which.device)[which]
+        return logits, _is_synthetic(pairs, which)
 
 
 class AngularLoss(_LogitLoss):
@@ -144,7 +146,6 @@ class AngularLoss(_LogitLoss):
             which = _choose(sets.candidates(pairs), self.hardness_rank)
             index = torch.tensor(pairs, device=which.device)
         off = (4 * self.tan_sq) * sets.grid_sims(index[which, 0], index[which, 1])
-        flags = _is_synthetic(set_pairs, which.device)
         if self.keep_positive:
             diagonal = sets.ap
         else:  # official: the rank-th of the 12 diagonal candidates X_s[i] · X_t[i]
@@ -156,7 +157,7 @@ class AngularLoss(_LogitLoss):
             which = which.clone()
             which.diagonal().copy_(diag_which)
         logits = _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal)
-        return logits, flags[which]
+        return logits, _is_synthetic(set_pairs, which)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.weight * super().forward(embeddings, labels)

@@ -17,6 +17,27 @@ gradient of its winner, so this equals differentiating the max, at a fraction of
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
+
+
+class _Gram(torch.autograd.Function):
+    """R · Rᵀ whose backward is one matmul, (G + Gᵀ) · R, instead of autograd's two."""
+
+    @staticmethod
+    def forward(ctx, points: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(points)
+        return points @ points.T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (points,) = ctx.saved_tensors
+        return (grad + grad.T) @ points
+
+
+def gram_matrix(points: torch.Tensor) -> torch.Tensor:
+    """points · pointsᵀ with a one-matmul backward."""
+    return _Gram.apply(points)
 
 
 def _pair_views(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -100,8 +121,7 @@ class PointSets:
         """(2, 2, N, N) Gram blocks K[k, l] = R_k · R_lᵀ of R = [A; P], one matmul."""
         if self._gram is None:
             n = self.n_classes
-            points = torch.cat(self.real)
-            self._gram = (points @ points.T).view(2, n, 2, n).transpose(1, 2)
+            self._gram = gram_matrix(torch.cat(self.real)).view(2, n, 2, n).transpose(1, 2)
         return self._gram
 
     def anchor_gram(self) -> torch.Tensor:
@@ -121,29 +141,46 @@ class PointSets:
         return first
 
     def candidates(self, pairs: list[tuple[int, int]], anchors_only: bool = False) -> torch.Tensor:
-        """(len(pairs), N, N) similarities X_s[i] · X_t[j], without autograd (for choosing)."""
+        """(len(pairs), N, N) similarities X_s[i] · X_t[j], without autograd (for choosing).
+
+        Rows of a real set are Gram row blocks; a synthetic row set costs two fused
+        multiply-adds per Gram block, a synthetic column set two per pair (anchors_only: every
+        row set must be the anchors).
+        """
+        n = self.n_classes
+        with torch.enable_grad():  # cached for the recomputation with autograd, even when called under no_grad
+            gram = (self.anchor_gram() if anchors_only else self.gram).detach()
         with torch.no_grad():
-            gram = self.anchor_gram() if anchors_only else self.gram
-            coef = self.coef
+            coef = self.coef.detach()
             row_terms = {}
             for s in sorted({s for s, _ in pairs}):  # M_s[l] = Σ_k C[s,k,i] K[k,l]
-                if s < gram.shape[0]:  # sets 0, 1 are the real points: a Gram row block
+                if s < gram.shape[0]:
                     row_terms[s] = gram[s]
                 else:
-                    row_terms[s] = (coef[s, : gram.shape[0], None, :, None] * gram).sum(0)
-            rows = torch.stack([row_terms[s] for s, _ in pairs])  # (c, 2, N, N)
-            cols = coef[torch.tensor([t for _, t in pairs])]  # (c, 2, N)
-            return (rows * cols[:, :, None, :]).sum(1)
+                    row_terms[s] = torch.addcmul(coef[s, 0, None, :, None] * gram[0], coef[s, 1, None, :, None], gram[1])
+            out = torch.empty(len(pairs), n, n, dtype=gram.dtype, device=gram.device)
+            for c, (s, t) in enumerate(pairs):
+                if t < 2:
+                    out[c] = row_terms[s][t]
+                else:
+                    torch.mul(row_terms[s][0], coef[t, 0], out=out[c])
+                    out[c].addcmul_(row_terms[s][1], coef[t, 1])
+        return out
 
     def grid_sims(self, row_sets: torch.Tensor, col_sets: torch.Tensor, anchors_only: bool = False) -> torch.Tensor:
         """X_r[i] · X_t[j] with autograd, r = row_sets[..., i, j], t = col_sets[..., i, j] (shape (..., N, N))."""
-        n = self.n_classes
         gram = self.anchor_gram() if anchors_only else self.gram
+        n, kr = self.n_classes, gram.shape[0]
         classes = torch.arange(n, device=row_sets.device)
-        row_coef = self.coef[row_sets, : gram.shape[0], classes[:, None]]  # (..., N, N, kr)
-        col_coef = self.coef[col_sets, :, classes[None, :]]  # (..., N, N, 2)
-        terms = row_coef[..., :, None] * col_coef[..., None, :]  # (..., N, N, kr, 2)
-        return (terms * gram.permute(2, 3, 0, 1)).sum((-2, -1))
+        # per entry, the chosen sets' coefficients (index_select: the cheapest gather with autograd here)
+        by_source = self.coef.transpose(0, 1).reshape(2, -1)  # [k, s·N + i]
+        row_coef = by_source[:kr].index_select(1, (row_sets * n + classes[:, None]).reshape(-1)).view(kr, *row_sets.shape)
+        col_coef = by_source.index_select(1, (col_sets * n + classes).reshape(-1)).view(2, *col_sets.shape)
+        total = None
+        for k in range(kr):
+            inner = torch.addcmul(gram[k, 0] * col_coef[0], gram[k, 1], col_coef[1])
+            total = row_coef[k] * inner if total is None else torch.addcmul(total, row_coef[k], inner)
+        return total
 
     def point_sims(self, row_sets: torch.Tensor, row_classes: torch.Tensor, col_sets: torch.Tensor, col_classes: torch.Tensor) -> torch.Tensor:
         """X_r[i] · X_t[j] with autograd for arbitrary matching index tensors (sparse selections)."""
