@@ -55,7 +55,7 @@ class _LogitLoss(PairLoss):
             anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
         n = anchors.shape[0]
         if self.negatives == "symm":
-            logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection))
+            logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection, with_norms=False))
             self.record_synthetic(synthetic, off_diagonal=True)
         else:
             logits = self.plain_logits(anchors, positives)

@@ -176,11 +176,10 @@ class PointSets:
         by_source = self.coef.transpose(0, 1).reshape(2, -1)  # [k, s·N + i]
         row_coef = by_source[:kr].index_select(1, (row_sets * n + classes[:, None]).reshape(-1)).view(kr, *row_sets.shape)
         col_coef = by_source.index_select(1, (col_sets * n + classes).reshape(-1)).view(2, *col_sets.shape)
-        total = None
-        for k in range(kr):
-            inner = torch.addcmul(gram[k, 0] * col_coef[0], gram[k, 1], col_coef[1])
-            total = row_coef[k] * inner if total is None else torch.addcmul(total, row_coef[k], inner)
-        return total
+        # whole-tensor products: per-block slices of the Gram would each cost a full-size zero-fill in backward
+        for _ in range(row_sets.dim() - 2):  # batch dims of the selection (views, no copy)
+            gram = gram.unsqueeze(2)
+        return (row_coef[:, None] * col_coef[None, :] * gram).sum((0, 1))
 
     def point_sims(self, row_sets: torch.Tensor, row_classes: torch.Tensor, col_sets: torch.Tensor, col_classes: torch.Tensor) -> torch.Tensor:
         """X_r[i] · X_t[j] with autograd for arbitrary matching index tensors (sparse selections)."""
@@ -211,7 +210,7 @@ def _real_coef(n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def real_sets(anchors: torch.Tensor, positives: torch.Tensor) -> PointSets:
-    sq_norms = torch.stack([anchors.pow(2).sum(1), positives.pow(2).sum(1)])
+    sq_norms = torch.stack([anchors, positives]).pow(2).sum(-1)
     return PointSets((anchors, positives), _real_coef(anchors.shape[0], anchors), sq_norms, (anchors * positives).sum(1))
 
 
@@ -223,30 +222,29 @@ def symmetric_sets(
     form: str = "paper",
     rescale_to_axis_norm: bool = False,
     eps: float = 1e-12,
+    with_norms: bool = True,
 ) -> PointSets:
     """[A, P, S1, S2] with S1 = reflect(P, axes=A), S2 = reflect(A, axes=P).
 
     Same arithmetic as ``symm.synthesis.reflect`` (both forms, alpha, beta, the rescale),
-    expressed as coefficients on the real points.
+    expressed as coefficients on the real points. ``with_norms=False`` skips the synthetic
+    points' squared norms (logit losses never use them; ``sq_norms`` then holds the real ones).
     """
     n = anchors.shape[0]
-    aa = anchors.pow(2).sum(1)
-    pp = positives.pow(2).sum(1)
+    sq = torch.stack([anchors, positives]).pow(2).sum(-1)  # [||a||², ||p||²]
     ap = (anchors * positives).sum(1)
-    # reflect(x, axis) = own * x + along * axis
+    # reflect(x, axis) = own * x + along * axis; S1: x = p, axis = a; S2: x = a, axis = p
     own = beta * (1 - alpha) if form == "paper" else -beta
-    aa_safe, pp_safe = aa.clamp_min(eps), pp.clamp_min(eps)
-    along_s1 = beta * alpha * ap / aa_safe  # S1 = along_s1 * a + own * p
-    along_s2 = beta * alpha * ap / pp_safe  # S2 = own * a + along_s2 * p
-    s1_sq = own**2 * pp + 2 * own * along_s1 * ap + along_s1**2 * aa
-    s2_sq = own**2 * aa + 2 * own * along_s2 * ap + along_s2**2 * pp
-    own_vec = torch.full_like(aa, own)
-    s1 = torch.stack([along_s1, own_vec])
-    s2 = torch.stack([own_vec, along_s2])
+    axis_sq = sq.clamp_min(eps)
+    along = (beta * alpha) * ap / axis_sq  # [along_s1, along_s2]
+    synth_sq = own**2 * sq.flip(0) + along * (2 * own * ap + along * sq) if with_norms or rescale_to_axis_norm else None
     if rescale_to_axis_norm:
-        scale1 = aa_safe.sqrt() / s1_sq.clamp_min(0).sqrt().clamp_min(eps)
-        scale2 = pp_safe.sqrt() / s2_sq.clamp_min(0).sqrt().clamp_min(eps)
-        s1, s2 = s1 * scale1, s2 * scale2
-        s1_sq, s2_sq = s1_sq * scale1**2, s2_sq * scale2**2
-    coef = torch.cat([_real_coef(n, anchors), torch.stack([s1, s2])])
-    return PointSets((anchors, positives), coef, torch.stack([aa, pp, s1_sq, s2_sq]), ap)
+        scale = axis_sq.sqrt() / synth_sq.clamp_min(0).sqrt().clamp_min(eps)
+        along, own_part, synth_sq = along * scale, own * scale, synth_sq * scale**2
+    else:
+        own_part = torch.full_like(along, own)
+    # coefficient rows: S1 = (along_s1, own), S2 = (own, along_s2): own off the diagonal, along on it
+    eye = torch.eye(2, dtype=anchors.dtype, device=anchors.device)[:, :, None]
+    synth = own_part[:, None, :] + (along - own_part)[:, None, :] * eye
+    coef = torch.cat([_real_coef(n, anchors), synth])
+    return PointSets((anchors, positives), coef, torch.cat([sq, synth_sq]) if with_norms else sq, ap)
