@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
+from symm.losses.fused import SymmNPairLogits
 from symm.losses.pairs import PointSets, split_pairs, symmetric_sets
 
 # The release's six unordered set pairs over [A, P, S1, S2], in its list order.
@@ -49,13 +50,21 @@ class _LogitLoss(PairLoss):
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The same logits from one autograd node (``symm.losses.fused``), or None where not offered."""
+        return None
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         anchors, positives, _ = split_pairs(embeddings, labels)
         if self.normalize:
             anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
         n = anchors.shape[0]
         if self.negatives == "symm":
-            logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection, with_norms=False))
+            fused = self.fused_symm_logits(anchors, positives)
+            if fused is not None:
+                logits, synthetic = fused
+            else:
+                logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection, with_norms=False))
             self.record_synthetic(synthetic, off_diagonal=True)
         else:
             logits = self.plain_logits(anchors, positives)
@@ -85,13 +94,24 @@ class NPairLoss(_LogitLoss):
     def plain_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         return anchors @ positives.T
 
-    def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
+    def symm_pairs(self) -> list[tuple[int, int]]:
         if self.symm_mode == "official":
-            pairs = list(OFFICIAL_SET_PAIRS)
-        elif self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
-            pairs = [(0, t) for t in range(4)]
-        else:  # pair16: all 16 cross combinations u in S_i, v in S_j
-            pairs = [(s, t) for s in range(4) for t in range(4)]
+            return list(OFFICIAL_SET_PAIRS)
+        if self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
+            return [(0, t) for t in range(4)]
+        return [(s, t) for s in range(4) for t in range(4)]  # pair16: all 16 cross combinations
+
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        reflection = self.reflection
+        if reflection["rescale_to_axis_norm"]:
+            return None
+        pairs = self.symm_pairs()
+        logits, which = SymmNPairLogits.apply(anchors, positives, pairs, self.symm_mode == "point4", self.hardness_rank,
+                                              self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"])
+        return logits, _is_synthetic(pairs, which)
+
+    def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = self.symm_pairs()
         anchors_only = self.symm_mode == "point4"
         with torch.no_grad():
             which = _choose(sets.candidates(pairs, anchors_only=anchors_only), self.hardness_rank)
