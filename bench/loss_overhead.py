@@ -20,6 +20,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from pytorch_metric_learning import distances, losses, miners, reducers
@@ -150,23 +151,31 @@ def main() -> None:
               f"threads), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average {load:.2f} "
               f"at the start. Forward+backward of the loss alone on random float32 embeddings; medians of interleaved "
               f"repeats. Paper (Tesla P40): N-pair 0.2454 ms, Symm+N-pair 0.2497 ms (× 1.02).")
-    lines = ["## Loss overhead", "", header, ""]
+    lines = [header, ""]
     for n_pairs, dim in ((64, 512), (256, 128)):
         lines += table(measure(n_pairs, dim, args.repeats, args.device, args.only), n_pairs, dim)
-    lines.append(f"1-minute load average at the end: {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "")
+    if hasattr(os, "getloadavg"):
+        lines.append(f"1-minute load average at the end: {os.getloadavg()[0]:.2f}")
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        from pathlib import Path
+        write_results(Path(args.markdown), text)
 
-        path = Path(args.markdown)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        if "## Loss overhead" in old:
-            before, rest = old.split("## Loss overhead", 1)
-            after = rest[rest.find("\n## "):] if "\n## " in rest else ""
-            old = before.rstrip() + "\n\n" + after.lstrip()
-        path.write_text(old.rstrip() + "\n\n" + text + "\n")
+
+BEGIN, END = "<!-- loss_overhead results: begin -->", "<!-- loss_overhead results: end -->"
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replace the results block of the '## Loss overhead' section (the prose around it stays)."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        before, rest = old.split(BEGIN, 1)
+        new = before + block + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip() + f"\n\n## Loss overhead\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
 
 
 if __name__ == "__main__":
