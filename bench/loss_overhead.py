@@ -4,15 +4,23 @@ All losses are timed interleaved in one process (machine noise hits each alike);
 repeats; ratios against the base loss and against PML's same-named loss. The paper reports
 +1.8% for Symm+N-pair's loss on a Tesla P40.
 
-    python -m bench.loss_overhead [--repeats 100] [--device cpu|cuda] [--markdown docs/benchmarks.md]
+    python -m bench.loss_overhead [--repeats 100] [--device cpu|cuda] [--threads 1] [--only symm_npair]
+                                  [--markdown docs/benchmarks.md]
+
+Each call is timed in wall-clock time and in CPU time of the process (all threads). On a CPU
+shared with other jobs, CPU time barely depends on the load while wall time does; the
+ratios are computed from both and both are reported. ``--threads 1`` (the default) is how the
+trainer runs a trial (one torch thread per trial).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from pytorch_metric_learning import distances, losses, miners, reducers
@@ -68,75 +76,106 @@ PML_NAME = {"npair": "npair", "angular": "angular", "triplet": "triplet", "tripl
 TARGETS = {"official": 1.5, "point4": 1.5, "pair16": 2.0}
 
 
-def time_call(fn: Loss, embeddings: torch.Tensor, labels: torch.Tensor) -> float:
+def time_call(fn: Loss, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(wall s, process CPU s) of one forward+backward."""
     x = embeddings.detach().requires_grad_(True)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn(x, labels).backward()
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def measure(n_pairs: int, dim: int, repeats: int, device: str, budget_s: float = 10.0) -> dict[str, float]:
+def measure(n_pairs: int, dim: int, repeats: int, device: str, only: str | None = None,
+            budget_s: float = 10.0) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) per row and PML reference."""
     torch.manual_seed(0)
     embeddings = torch.randn(2 * n_pairs, dim, device=device)
     labels = torch.arange(n_pairs, device=device).repeat_interleave(2)
-    fns: dict[str, Loss] = {row: create_loss(loss, **opts) for row, _, loss, opts in ROWS}
-    fns.update({f"PML {k}": v for k, v in pml_losses().items()})
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(3):  # warm-up
-        for fn in fns.values():
-            time_call(fn, embeddings, labels)
+    rows = [r for r in ROWS if only is None or only in r[0] or (r[1] and only in r[1])]
+    needed = {r[0] for r in rows} | {r[1] for r in rows if r[1]}
+    fns: dict[str, Loss] = {row: create_loss(loss, **opts) for row, _, loss, opts in ROWS if row in needed}
+    fns.update({f"PML {k}": v for k, v in pml_losses().items() if k in needed})
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    for name, fn in fns.items():  # warm-up: until 3 calls or 1 s
+        spent = 0.0
+        for _ in range(3):
+            spent += time_call(fn, embeddings, labels)[0]
+            if spent > 1.0:
+                break
     # interleaved rounds; a very slow reference (PML's lifted at N=256 takes seconds) stops
     # once it has used its time budget, with at least 3 samples
     for _ in range(repeats):
         for name, fn in fns.items():
-            if len(samples[name]) < 3 or sum(samples[name]) < budget_s:
+            if len(samples[name]) < 3 or sum(w for w, _ in samples[name]) < budget_s:
                 samples[name].append(time_call(fn, embeddings, labels))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in samples.items()}
 
 
-def table(medians: dict[str, float], n_pairs: int, dim: int) -> list[str]:
-    lines = [f"**N = {n_pairs} pairs, d = {dim}**", "",
-             "| loss | median ms | × base loss | target | × PML's | target |", "|---|---|---|---|---|---|"]
+def table(medians: dict[str, tuple[float, float]], n_pairs: int, dim: int) -> list[str]:
+    lines = [f"**N = {n_pairs} pairs, d = {dim}** (ratios: wall-clock / CPU time)", "",
+             "| loss | median ms, wall (CPU) | × base loss | target | × PML's | target |", "|---|---|---|---|---|---|"]
+
+    def ratio(a: str, b: str) -> str:
+        (wa, ca), (wb, cb) = medians[a], medians[b]
+        return f"{wa / wb:.2f} / {ca / cb:.2f}" if cb > 0 else f"{wa / wb:.2f}"
+
     for row, base, _, opts in ROWS:
-        ms = 1000 * medians[row]
-        vs_base = f"{medians[row] / medians[base]:.2f}" if base else ""
+        if row not in medians:
+            continue
+        wall, cpu = medians[row]
+        vs_base = ratio(row, base) if base else ""
         target = f"≤ {TARGETS[opts['symm_mode'] if 'symm_mode' in opts else 'point4']}" if base else ""
         pml = PML_NAME.get(row)
-        vs_pml = f"{medians[row] / medians[f'PML {pml}']:.2f}" if pml else ""
-        lines.append(f"| {row} | {ms:.3f} | {vs_base} | {target} | {vs_pml} | {'≤ 0.6' if pml else ''} |")
-    lines += ["", "PML reference rows: " + ", ".join(f"{k[4:]} {1000 * v:.3f} ms" for k, v in medians.items() if k.startswith("PML ")), ""]
-    return lines
+        vs_pml = ratio(row, f"PML {pml}") if pml and f"PML {pml}" in medians else ""
+        lines.append(f"| {row} | {1000 * wall:.3f} ({1000 * cpu:.3f}) | {vs_base} | {target} | {vs_pml} | {'≤ 0.6' if vs_pml else ''} |")
+    refs = [f"{k[4:]} {1000 * w:.3f} ({1000 * c:.3f}) ms" for k, (w, c) in medians.items() if k.startswith("PML ")]
+    if refs:
+        lines += ["", "PML reference rows, wall (CPU): " + ", ".join(refs)]
+    return lines + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the trainer uses 1 per trial)")
+    parser.add_argument("--only", default=None, help="only rows whose name (or base row) contains this")
     parser.add_argument("--markdown", default=None, help="replace the '## Loss overhead' section of this file")
     args = parser.parse_args()
-    header = (f"`python -m bench.loss_overhead --repeats {args.repeats}` on {args.device} "
-              f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
-              f"{time.strftime('%Y-%m-%d')}. Forward+backward of the loss alone on random embeddings; medians of "
-              f"interleaved repeats. Paper (Tesla P40): N-pair 0.2454 ms, Symm+N-pair 0.2497 ms (× 1.02).")
-    lines = ["## Loss overhead", "", header, ""]
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    header = (f"`python -m bench.loss_overhead --repeats {args.repeats} --threads {args.threads}` on {args.device} "
+              f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+              f"threads), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average {load:.2f} "
+              f"at the start. Forward+backward of the loss alone on random float32 embeddings; medians of interleaved "
+              f"repeats. Paper (Tesla P40): N-pair 0.2454 ms, Symm+N-pair 0.2497 ms (× 1.02).")
+    lines = [header, ""]
     for n_pairs, dim in ((64, 512), (256, 128)):
-        lines += table(measure(n_pairs, dim, args.repeats, args.device), n_pairs, dim)
+        lines += table(measure(n_pairs, dim, args.repeats, args.device, args.only), n_pairs, dim)
+    if hasattr(os, "getloadavg"):
+        lines.append(f"1-minute load average at the end: {os.getloadavg()[0]:.2f}")
     text = "\n".join(lines)
     print(text)
     if args.markdown:
-        from pathlib import Path
+        write_results(Path(args.markdown), text)
 
-        path = Path(args.markdown)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        if "## Loss overhead" in old:
-            before, rest = old.split("## Loss overhead", 1)
-            after = rest[rest.find("\n## "):] if "\n## " in rest else ""
-            old = before.rstrip() + "\n\n" + after.lstrip()
-        path.write_text(old.rstrip() + "\n\n" + text + "\n")
+
+BEGIN, END = "<!-- loss_overhead results: begin -->", "<!-- loss_overhead results: end -->"
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replace the results block of the '## Loss overhead' section (the prose around it stays)."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        before, rest = old.split(BEGIN, 1)
+        new = before + block + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip() + f"\n\n## Loss overhead\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
 
 
 if __name__ == "__main__":

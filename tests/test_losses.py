@@ -195,7 +195,12 @@ def test_symm_angular_point4_matches_brute_force(seed):
 # ---------------------------------------------------------------- Symm: point4 / pair16 brute force
 
 
-def brute_triplet(sets, mode, margin, squared=True):
+def kth_smallest(values, rank):
+    """The rank-th hardest (closest) candidate by sorting the explicit list: rank 1 = min."""
+    return sorted(values)[rank - 1]
+
+
+def brute_triplet(sets, mode, margin, squared=True, rank=1):
     dist = d2 if squared else d1
     n = sets.shape[1]
     terms = []
@@ -205,9 +210,9 @@ def brute_triplet(sets, mode, margin, squared=True):
         pos = dist(sets[0, i], sets[1, i])
         if mode == "point4":
             for anchor in (sets[0, i], sets[1, i]):
-                terms.append(max(pos - min(dist(anchor, v) for v in sets[:, j]) + margin, 0))
+                terms.append(max(pos - kth_smallest([dist(anchor, v) for v in sets[:, j]], rank) + margin, 0))
         else:
-            terms.append(max(pos - min(dist(u, v) for u in sets[:, i] for v in sets[:, j]) + margin, 0))
+            terms.append(max(pos - kth_smallest([dist(u, v) for u in sets[:, i] for v in sets[:, j]], rank) + margin, 0))
     return np.mean(terms)
 
 
@@ -243,34 +248,41 @@ def test_symm_semihard_pool_includes_synthetic_points(seed):
 @pytest.mark.parametrize("mode", ["point4", "pair16"])
 def test_symm_lifted_matches_brute_force(seed, mode):
     emb, labels = batch(seed)
-    sets = np_sets(emb, normalize=False)
+    ours = create_loss("lifted", negatives="symm", symm_mode=mode)(emb, labels)
+    np.testing.assert_allclose(ours.item(), brute_lifted(np_sets(emb, normalize=False), mode), rtol=1e-10)
+
+
+def brute_lifted(sets, mode, rank=1):
     n = sets.shape[1]
     terms = []
     for i in range(n):
         if mode == "point4":
-            scores = [1 - min(d1(anchor, v) for v in sets[:, j]) for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
+            scores = [1 - kth_smallest([d1(anchor, v) for v in sets[:, j]], rank)
+                      for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
         else:
-            scores = [1 - min(d1(u, v) for u in sets[:, i] for v in sets[:, j]) for j in range(n) if j != i]
+            scores = [1 - kth_smallest([d1(u, v) for u in sets[:, i] for v in sets[:, j]], rank) for j in range(n) if j != i]
         objective = math.log(sum(math.exp(v) for v in scores)) + d1(sets[0, i], sets[1, i])
         terms.append(max(objective, 0) ** 2 / 2)
-    ours = create_loss("lifted", negatives="symm", symm_mode=mode)(emb, labels)
-    np.testing.assert_allclose(ours.item(), np.mean(terms), rtol=1e-10)
+    return np.mean(terms)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("mode", ["point4", "pair16"])
 def test_symm_contrastive_matches_brute_force(seed, mode):
     emb, labels = batch(seed)
-    sets = np_sets(emb, normalize=True)
+    ours = create_loss("contrastive", negatives="symm", symm_mode=mode)(emb, labels)
+    np.testing.assert_allclose(ours.item(), brute_contrastive(np_sets(emb, normalize=True), mode), rtol=1e-10)
+
+
+def brute_contrastive(sets, mode, rank=1, margin=0.5):
     n = sets.shape[1]
     pos = np.mean([d1(sets[0, i], sets[1, i]) for i in range(n)])
     if mode == "point4":
-        negs = [min(d1(anchor, v) for v in sets[:, j]) for i in range(n) for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
+        negs = [kth_smallest([d1(anchor, v) for v in sets[:, j]], rank)
+                for i in range(n) for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
     else:
-        negs = [min(d1(u, v) for u in sets[:, i] for v in sets[:, j]) for i in range(n) for j in range(n) if j != i]
-    expected = pos + np.mean([max(0.5 - d, 0) for d in negs])
-    ours = create_loss("contrastive", negatives="symm", symm_mode=mode)(emb, labels)
-    np.testing.assert_allclose(ours.item(), expected, rtol=1e-10)
+        negs = [kth_smallest([d1(u, v) for u in sets[:, i] for v in sets[:, j]], rank) for i in range(n) for j in range(n) if j != i]
+    return pos + np.mean([max(margin - d, 0) for d in negs])
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -281,6 +293,103 @@ def test_contrastive_hardest_matches_explicit_loop(seed):
     hardest = [min(d1(x[i], x[k]) for k in range(len(y)) if y[k] != y[i]) for i in range(len(y))]
     expected = pos + np.mean([max(0.5 - d, 0) for d in hardest])
     np.testing.assert_allclose(create_loss("contrastive", negatives="hardest")(emb, labels).item(), expected, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- level of hardness: the k-th candidate
+
+
+def kth_largest(values, rank):
+    return sorted(values, reverse=True)[rank - 1]
+
+
+def brute_angular(sets, mode, rank):
+    """Symm angular logits by explicit loops, the rank-th largest candidate per entry (t = tan² 45° = 1)."""
+    n = sets.shape[1]
+    logits = np.zeros((n, n))
+    for i, j in itertools.product(range(n), repeat=2):
+        if mode == "official":  # 12 ordered set pairs, diagonal included
+            candidates = [2 * 2 * sets[s, i] @ sets[u, i] if i == j else 4 * (sets[s, i] + sets[u, i]) @ sets[u, j]
+                          for s, u in itertools.permutations(range(4), 2)]
+            logits[i, j] = kth_largest(candidates, rank)
+        elif i == j:
+            logits[i, j] = 2 * 2 * sets[0, i] @ sets[1, i]
+        else:
+            logits[i, j] = kth_largest([4 * (sets[0, i] + sets[1, i]) @ sets[k, j] for k in range(4)], rank)
+    return np_softmax_ce_diag(logits) + np_l2(sets[0], sets[1])
+
+
+def brute_npair(sets, mode, rank):
+    n = sets.shape[1]
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    logits = np.zeros((n, n))
+    for i, j in itertools.product(range(n), repeat=2):
+        if mode == "official":  # the release's 6 set pairs, diagonal included
+            logits[i, j] = kth_largest([sets[s, i] @ sets[t, j] for s, t in pairs], rank)
+        elif i == j:
+            logits[i, j] = sets[0, i] @ sets[1, i]
+        elif mode == "point4":
+            logits[i, j] = kth_largest([sets[0, i] @ v for v in sets[:, j]], rank)
+        else:
+            logits[i, j] = kth_largest([u @ v for u in sets[:, i] for v in sets[:, j]], rank)
+    return np_softmax_ce_diag(logits) + np_l2(sets[0], sets[1])
+
+
+RANKED = [("triplet", "point4", 2), ("triplet", "pair16", 5), ("lifted", "point4", 4), ("lifted", "pair16", 16),
+          ("contrastive", "point4", 3), ("contrastive", "pair16", 2), ("npair", "point4", 3), ("npair", "pair16", 9),
+          ("npair", "official", 2), ("npair", "official", 6), ("angular", "point4", 2), ("angular", "official", 7),
+          ("angular", "official", 12)]
+
+
+@pytest.mark.parametrize("name, mode, rank", RANKED)
+def test_hardness_rank_equals_brute_force_kth_candidate(name, mode, rank):
+    # Reference: explicit loops over the materialised candidate sets, sorted, the rank-th taken.
+    emb, labels = batch(rank, scale=0.4 if name in ("npair", "angular") else 1.0)
+    normalize = name in ("triplet", "contrastive")
+    sets = np_sets(emb, normalize=normalize)
+    expected = {"triplet": lambda: brute_triplet(sets, mode, margin=0.3, rank=rank),
+                "lifted": lambda: brute_lifted(sets, mode, rank=rank),
+                "contrastive": lambda: brute_contrastive(sets, mode, rank=rank),
+                "npair": lambda: brute_npair(sets, mode, rank),
+                "angular": lambda: brute_angular(sets, mode, rank)}[name]()
+    options = {"margin": 0.3} if name == "triplet" else {}
+    loss = create_loss(name, negatives="symm", symm_mode=mode, hardness_rank=rank, **options)
+    np.testing.assert_allclose(loss(emb, labels).item(), expected, rtol=1e-10)
+    if rank > 1:  # and it is a different choice from the hardest one
+        hardest = create_loss(name, negatives="symm", symm_mode=mode, **options)(emb, labels)
+        assert abs(hardest.item() - expected) > 1e-8
+
+
+def test_hardness_rank_synthetic_share_counts_the_kth_choice():
+    # Reference: explicit loops; point4 for triplet, which candidate is 3rd closest from each anchor
+    emb, labels = batch(11)
+    sets = np_sets(emb, normalize=True)
+    n = sets.shape[1]
+    synthetic = []
+    for i, j in itertools.product(range(n), repeat=2):
+        if i != j:
+            for anchor in (sets[0, i], sets[1, i]):
+                order = np.argsort([d2(anchor, v) for v in sets[:, j]])
+                synthetic.append(order[2] >= 2)
+    loss = create_loss("triplet", negatives="symm", symm_mode="point4", hardness_rank=3)
+    loss(emb, labels)
+    assert loss.last_stats["synthetic_share"] == pytest.approx(np.mean(synthetic))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(name="triplet", negatives="symm", symm_mode="point4", hardness_rank=5), r"must be in 1..4 for symm_mode='point4'"),
+    (dict(name="lifted", negatives="symm", symm_mode="pair16", hardness_rank=17), r"must be in 1..16"),
+    (dict(name="npair", negatives="symm", symm_mode="official", hardness_rank=7), r"must be in 1..6"),
+    (dict(name="angular", negatives="symm", symm_mode="official", hardness_rank=13), r"must be in 1..12"),
+    (dict(name="npair", negatives="symm", hardness_rank=0), r"integer >= 1"),
+    (dict(name="npair", negatives="symm", hardness_rank=2.0), r"integer >= 1"),
+    (dict(name="triplet", negatives="hardest", hardness_rank=2), r"needs negatives='symm'"),
+    (dict(name="npair", hardness_rank=2), r"needs negatives='symm'"),
+    (dict(name="semihard_triplet", negatives="symm", hardness_rank=2), r"symm_mode='semihard' picks no k-th candidate"),
+])
+def test_invalid_hardness_rank_raises(options, message):
+    options = dict(options)
+    with pytest.raises(ValueError, match=message):
+        create_loss(options.pop("name"), **options)
 
 
 # ---------------------------------------------------------------- the Gram formulation
@@ -304,21 +413,48 @@ def test_gram_formulation_equals_materialised_reflections(form, alpha, beta, res
 # ---------------------------------------------------------------- properties
 
 
+REFLECTIONS = [{}, dict(alpha=1.5, beta=0.5), dict(form="official", alpha=2.5, beta=1.5, rescale_to_axis_norm=True)]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("squared", [True, False])
-def test_symm_never_selects_an_easier_negative(seed, squared):
-    # every candidate set contains the real points, so the selected negative is at least as close
+@pytest.mark.parametrize("reflection", REFLECTIONS)
+def test_symm_never_selects_an_easier_negative(seed, squared, reflection):
+    # Reference: the hardest real negative by explicit loops. Every candidate set contains the
+    # real points, so the selected negative is at least as close (any alpha, beta, form).
     emb, _ = batch(seed)
     a, p = emb[0::2], emb[1::2]
-    real = real_sets(a, p).distances(squared)
-    symm = symmetric_sets(a, p).distances(squared)
-    real_point4, _ = hardest_of_each_class(real)
-    symm_point4, _ = hardest_of_each_class(symm)
-    assert (symm_point4 <= real_point4 + 1e-12).all()
-    real_pair16, _ = hardest_pair_of_classes(real)
-    symm_pair16, _ = hardest_pair_of_classes(symm)
-    assert (symm_pair16 <= real_pair16 + 1e-12).all()
-    assert (symm_pair16 <= symm_point4.view(2, *symm_pair16.shape).min(0).values + 1e-12).all()
+    real = np.stack([a.numpy(), p.numpy()])
+    dist = d2 if squared else d1
+    n = real.shape[1]
+    real_point4 = np.array([[min(dist(anchor, v) for v in real[:, j]) for j in range(n)] for anchor in np.concatenate(real)])
+    real_pair16 = np.array([[min(dist(u, v) for u in real[:, i] for v in real[:, j]) for j in range(n)] for i in range(n)])
+    symm = symmetric_sets(a, p, **reflection)
+    symm_point4, _ = hardest_of_each_class(symm, squared)
+    symm_pair16, _ = hardest_pair_of_classes(symm, squared)
+    other = ~np.eye(n, dtype=bool)  # negatives only: another class
+    symm_point4, symm_pair16 = symm_point4.numpy(), symm_pair16.numpy()
+    assert (symm_point4[np.tile(other, (2, 1))] <= real_point4[np.tile(other, (2, 1))] + 1e-10).all()
+    assert (symm_pair16[other] <= real_pair16[other] + 1e-10).all()
+    assert (symm_pair16[other] <= symm_point4.reshape(2, n, n).min(0)[other] + 1e-10).all()
+    assert (symm_point4 < real_point4 - 1e-6).any()  # and synthesis does find harder ones
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("reflection", REFLECTIONS)
+def test_symm_logits_are_never_easier_than_the_real_ones(seed, reflection):
+    # Reference: numpy similarities of the real points. N-pair point4 / pair16 off-diagonal
+    # logits are maxima over candidate sets holding the real points.
+    emb, labels = batch(seed, scale=0.5)
+    a, p = emb[0::2].numpy(), emb[1::2].numpy()
+    off = ~np.eye(len(a), dtype=bool)
+    real_point4 = np.maximum(a @ a.T, a @ p.T)
+    real_pair16 = np.maximum.reduce([a @ a.T, a @ p.T, p @ a.T, p @ p.T])
+    for mode, reference in (("point4", real_point4), ("pair16", real_pair16)):
+        loss = create_loss("npair", negatives="symm", symm_mode=mode, **reflection)
+        logits, _ = loss.symm_logits(symmetric_sets(emb[0::2], emb[1::2], **reflection))
+        assert (logits.detach().numpy()[off] >= reference[off] - 1e-10).all(), mode
+        np.testing.assert_allclose(np.diag(logits.detach().numpy()), np.sum(a * p, 1), rtol=1e-12)  # positive kept
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -376,3 +512,22 @@ def test_every_registered_combination_runs_forward_and_backward(name, negatives,
 def test_invalid_combinations_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("name, negatives, mode", supported_combinations())
+def test_gradients_equal_finite_differences(name, negatives, mode):
+    # Reference: central finite differences (torch.autograd.gradcheck, float64) of the forward the
+    # tests above check against PML / numpy. Choices are made without autograd and only the
+    # chosen similarities recomputed with it: this checks that gives the true gradient.
+    emb, labels = batch(5, n=5, dim=4, scale=0.5 if name in ("npair", "angular") else 1.0)
+    options = {"symm_mode": mode} if mode else {}
+    loss_fn = create_loss(name, negatives=negatives, **options)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(True),), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [dict(hardness_rank=3), dict(alpha=1.5, beta=0.5, form="official", rescale_to_axis_norm=True)])
+@pytest.mark.parametrize("name, mode", [("npair", "official"), ("angular", "official"), ("triplet", "pair16"), ("lifted", "point4")])
+def test_gradients_equal_finite_differences_for_symm_options(name, mode, options):
+    emb, labels = batch(6, n=5, dim=4, scale=0.5 if name in ("npair", "angular") else 1.0)
+    loss_fn = create_loss(name, negatives="symm", symm_mode=mode, **options)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(True),), eps=1e-6, atol=1e-6)

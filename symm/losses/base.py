@@ -38,6 +38,7 @@ class PairLoss(nn.Module):
         form: str = "paper",
         rescale_to_axis_norm: bool = False,
         normalize: bool | None = None,
+        hardness_rank: int = 1,
     ) -> None:
         super().__init__()
         if negatives not in NEGATIVE_STRATEGIES:
@@ -60,10 +61,34 @@ class PairLoss(nn.Module):
             raise ValueError("keep_positive=False (a synthetic positive logit) exists only in symm_mode='official'")
         self.negatives = negatives
         self.symm_mode = mode if negatives == "symm" else None
+        self.hardness_rank = self._check_hardness_rank(hardness_rank)
         self.keep_positive = (not official) if keep_positive is None else keep_positive
         self.reflection = dict(alpha=alpha, beta=beta, form=form, rescale_to_axis_norm=rescale_to_axis_norm)
         self.normalize = self.normalize_by_default if normalize is None else normalize
         self.last_stats: dict[str, float] = {}
+
+    def candidate_count(self) -> int | None:
+        """How many candidates the Symm selection ranks per entry (None: not a ranked choice)."""
+        return {"point4": 4, "pair16": 16}.get(self.symm_mode or "")
+
+    def _check_hardness_rank(self, rank: int) -> int:
+        """k of 'the k-th hardest candidate' (1 = the hardest): the paper's level-of-hardness analysis."""
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"hardness_rank must be an integer >= 1, got {rank!r}")
+        if rank == 1:
+            return rank
+        count = self.candidate_count()
+        if count is None:
+            raise ValueError(
+                f"hardness_rank={rank} needs negatives='symm' with a ranked selection (point4, pair16"
+                f"{', official' if 'official' in self.symm_modes else ''}); loss {self.name!r} with "
+                f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r} picks no k-th candidate: use hardness_rank=1"
+            )
+        if not 1 <= rank <= count:
+            raise ValueError(
+                f"hardness_rank must be in 1..{count} for symm_mode={self.symm_mode!r} ({count} candidates), got {rank}"
+            )
+        return rank
 
     def pairs_and_sets(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointSets]:
         anchors, positives, _ = split_pairs(embeddings, labels)
@@ -73,13 +98,54 @@ class PairLoss(nn.Module):
             return anchors, positives, symmetric_sets(anchors, positives, **self.reflection)
         return anchors, positives, real_sets(anchors, positives)
 
-    def record_synthetic(self, synthetic: torch.Tensor) -> None:
-        """Log the share of selected negatives that are synthetic (the paper's ratio curve)."""
-        if self.negatives == "symm":
-            self.last_stats = {"synthetic_share": synthetic.float().mean().item() if synthetic.numel() else 0.0}
+    def record_synthetic(self, synthetic: torch.Tensor, off_diagonal: bool = False) -> None:
+        """Log the share of selected negatives that are synthetic (the paper's ratio curve).
+
+        ``off_diagonal``: ``synthetic`` is (..., N, N) and only off-diagonal entries are negatives.
+        """
+        if self.negatives != "symm":
+            return
+        flags = synthetic.float()
+        if off_diagonal:
+            n = flags.shape[-1]
+            share = (flags.sum() - flags.diagonal(dim1=-2, dim2=-1).sum()) / (flags.numel() // n * (n - 1))
+        else:
+            share = flags.mean() if flags.numel() else torch.zeros(())
+        self.last_stats = {"synthetic_share": share.item()}
 
     def extra_repr(self) -> str:
         return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
+
+
+def _first_best(candidates: torch.Tensor, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """max / min with the first winning index, in float arithmetic only.
+
+    torch's CPU ``max(dim)`` with indices, ``argmax`` and integer/bool reductions are scalar
+    loops, 30-200x slower than the vectorised ``amax``: the index is the smallest k among the
+    winners, found as amin over k + count·sign(gap).
+    """
+    best = candidates.amax(dim, keepdim=True) if largest else candidates.amin(dim, keepdim=True)
+    gap = best - candidates if largest else candidates - best  # >= 0, 0 at the winners
+    count = candidates.shape[dim]
+    shape = [1] * candidates.dim()
+    shape[dim] = count
+    order = torch.arange(count, dtype=candidates.dtype, device=candidates.device).view(shape)
+    which = (torch.sign(gap) * count).add_(order).amin(dim).nan_to_num_(0.0)  # a NaN input gives index 0 (and a NaN loss), not an error
+    return best.squeeze(dim), which.long()
+
+
+def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the rank-th hardest along ``dim``: largest similarity or smallest distance.
+
+    rank 1 is the max / min (first index wins ties); otherwise ``kthvalue`` (ties between equal
+    values may resolve to either index; the value is the same).
+    """
+    if rank == 1:
+        return _first_best(candidates, dim, largest)
+    if largest:
+        values, which = (-candidates).kthvalue(rank, dim=dim)
+        return -values, which
+    return candidates.kthvalue(rank, dim=dim)
 
 
 def check_non_negative(**values: float) -> None:

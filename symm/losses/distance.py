@@ -15,30 +15,73 @@ from __future__ import annotations
 
 import torch
 
-from symm.losses.base import PairLoss, check_non_negative
-from symm.losses.pairs import PointSets, point_matrix
+from symm.losses.base import PairLoss, check_non_negative, kth_hardest
+from symm.losses.pairs import PointSets, to_distance
 
 INF = float("inf")
 
 
-def _set_is_synthetic(n_sets: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(n_sets, device=device) >= 2
+def real_distances(sets: PointSets, squared: bool) -> torch.Tensor:
+    """(2N, 2N) distances between the real points with autograd; point s·N + i is set s, class i."""
+    sq = sets.sq_norms[:2].reshape(-1)
+    gram = sets.gram.transpose(1, 2).reshape(2 * sets.n_classes, -1)  # the (2N, 2N) Gram, a view
+    return to_distance((sq[:, None] + sq[None, :]) - 2 * gram, squared)
 
 
-def hardest_of_each_class(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """point4: (2N, N) distance from each real anchor to the closest point of each class, + synthetic flags."""
-    n_sets, n = dist.shape[1], dist.shape[2]
-    anchor_rows = dist[:2].permute(0, 2, 1, 3)  # (2, N, S, N): [s, i, t, j]
-    values, which = anchor_rows.min(dim=2)
-    return values.reshape(2 * n, n), _set_is_synthetic(n_sets, dist.device)[which].reshape(2 * n, n)
+def _selected_distances(sets: PointSets, row_sets: torch.Tensor, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
+    """D(X_r[i], X_t[j]) with autograd on the (..., N, N) grid of chosen sets."""
+    classes = torch.arange(sets.n_classes, device=row_sets.device)
+    sq = sets.sq_norms[row_sets, classes[:, None]] + sets.sq_norms[col_sets, classes[None, :]]
+    return to_distance(sq - 2 * sets.grid_sims(row_sets, col_sets), squared)
 
 
-def hardest_pair_of_classes(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """pair16: (N, N) smallest distance over u in S_i, v in S_j, + synthetic flags."""
-    n_sets = dist.shape[0]
-    values, which = dist.flatten(0, 1).min(dim=0)
-    synthetic = _set_is_synthetic(n_sets, dist.device)
-    return values, synthetic[which // n_sets] | synthetic[which % n_sets]
+def hardest_of_each_class(sets: PointSets, squared: bool, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """point4: (2N, N) distance from each real anchor to the rank-th closest point of each class, + synthetic flags.
+
+    Chosen without autograd on all 4 candidates (squared distances rank alike), then only the
+    chosen distances are recomputed with autograd.
+    """
+    n_sets, n = sets.n_sets, sets.n_classes
+    pairs = [(r, t) for r in range(2) for t in range(n_sets)]
+    with torch.no_grad():
+        sq = sets.sq_norms.detach()
+        cands = sets.candidates(pairs).view(2, n_sets, n, n)  # [r, t, i, j]
+        d2 = sq[None, :, None, :] - 2 * cands  # + ||X_r[i]||², the same for every t
+        which = kth_hardest(d2, rank, dim=1, largest=False)[1]  # (2, N, N)
+        rows = torch.arange(2, device=which.device)[:, None, None].expand_as(which)
+    values = _selected_distances(sets, rows, which, squared)
+    return values.reshape(2 * n, n), (which >= 2).reshape(2 * n, n)
+
+
+def hardest_pair_of_classes(sets: PointSets, squared: bool, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """pair16: (N, N) rank-th smallest distance over u in S_i, v in S_j, + synthetic flags."""
+    n_sets = sets.n_sets
+    pairs = [(r, t) for r in range(n_sets) for t in range(n_sets)]
+    with torch.no_grad():
+        sq = sets.sq_norms.detach()
+        d2 = sq.repeat_interleave(n_sets, 0)[:, :, None] + sq.repeat(n_sets, 1)[:, None, :] - 2 * sets.candidates(pairs)
+        which = kth_hardest(d2, rank, dim=0, largest=False)[1]
+    rows, cols = which // n_sets, which % n_sets
+    synthetic = torch.tensor([float(r >= 2 or t >= 2) for r, t in pairs], device=which.device)
+    return _selected_distances(sets, rows, cols, squared), torch.take(synthetic, which)
+
+
+def pool_distances(sets: PointSets, squared: bool) -> torch.Tensor:
+    """(2N, S·N) distances from the real points to every point, without autograd (for choosing)."""
+    n_sets, n = sets.n_sets, sets.n_classes
+    with torch.no_grad():
+        cands = sets.candidates([(r, t) for r in range(2) for t in range(n_sets)]).view(2, n_sets, n, n)
+        sq = sets.sq_norms.detach()
+        d2 = sq[:2, None, :, None] + sq[None, :, None, :] - 2 * cands
+        return to_distance(d2, squared).permute(0, 2, 1, 3).reshape(2 * n, n_sets * n)
+
+
+def point_distances(sets: PointSets, rows: torch.Tensor, cols: torch.Tensor, squared: bool) -> torch.Tensor:
+    """Distances with autograd between points given by index into the (2N, S·N) pool layout."""
+    n = sets.n_classes
+    row_sets, row_classes, col_sets, col_classes = rows // n, rows % n, cols // n, cols % n
+    sq = sets.sq_norms[row_sets, row_classes] + sets.sq_norms[col_sets, col_classes]
+    return to_distance(sq - 2 * sets.point_sims(row_sets, row_classes, col_sets, col_classes), squared)
 
 
 def other_class_mask(n_rows_sets: int, n_cols_sets: int, n: int, device: torch.device) -> torch.Tensor:
@@ -47,15 +90,18 @@ def other_class_mask(n_rows_sets: int, n_cols_sets: int, n: int, device: torch.d
     return rows[:, None] != cols[None, :]
 
 
-def semihard_negatives(
-    candidates: torch.Tensor, negative: torch.Tensor, positive: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """TF's rule per row: the smallest negative distance > positive, else the largest. Returns (values, column)."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the entries where ``mask`` is set, as a product with a float mask (boolean indexing is slow)."""
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum()
+
+
+def semihard_negatives(candidates: torch.Tensor, negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """TF's rule per row: the column of the smallest negative distance > positive, else of the largest."""
     farther = negative & (candidates > positive[:, None])
-    outside, outside_col = torch.where(farther, candidates, INF).min(dim=1)
-    inside, inside_col = torch.where(negative, candidates, -INF).max(dim=1)
-    has_outside = farther.any(dim=1)
-    return torch.where(has_outside, outside, inside), torch.where(has_outside, outside_col, inside_col)
+    outside_col = torch.where(farther, candidates, INF).argmin(dim=1)
+    inside_col = torch.where(negative, candidates, -INF).argmax(dim=1)
+    return torch.where(farther.any(dim=1), outside_col, inside_col)
 
 
 class _DistanceLoss(PairLoss):
@@ -66,12 +112,23 @@ class _DistanceLoss(PairLoss):
         super().__init__(**common)
         self.squared = squared
 
-    def distances(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S, S, N, N) distances between point sets and (N,) positive distances D(a_i, p_i)."""
+    def geometry(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[PointSets, torch.Tensor]:
+        """The point sets and the (N,) positive distances D(a_i, p_i)."""
         _, _, sets = self.pairs_and_sets(embeddings, labels)
-        # only pair16 needs distances from synthetic anchors; the rest start from real points
-        dist = sets.distances(self.squared, rows=None if self.symm_mode == "pair16" else 2)
-        return dist, torch.diagonal(dist[0, 1])
+        sq = sets.sq_norms
+        return sets, to_distance(sq[0] + sq[1] - 2 * sets.ap, self.squared)
+
+    def symm_negatives(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """point4 / pair16: (negatives, mask of the entries that count, synthetic flags)."""
+        n = sets.n_classes
+        if self.symm_mode == "pair16":
+            negative, synthetic = hardest_pair_of_classes(sets, self.squared, self.hardness_rank)
+            other = ~torch.eye(n, dtype=torch.bool, device=negative.device)
+        else:
+            negative, synthetic = hardest_of_each_class(sets, self.squared, self.hardness_rank)
+            other = other_class_mask(2, 1, n, negative.device)
+        self.record_synthetic(synthetic.view(-1, n, n), off_diagonal=True)
+        return negative, other, synthetic
 
 
 class TripletLoss(_DistanceLoss):
@@ -87,29 +144,30 @@ class TripletLoss(_DistanceLoss):
         self.margin = margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        dist, positive = self.distances(embeddings, labels)
-        n_sets, n = dist.shape[1], dist.shape[2]
-        if self.symm_mode == "pair16":
-            negative, synthetic = hardest_pair_of_classes(dist)
-            off = ~torch.eye(n, dtype=torch.bool, device=dist.device)
-            self.record_synthetic(synthetic[off])
-            return torch.relu(positive[:, None] - negative + self.margin)[off].mean()
+        sets, positive = self.geometry(embeddings, labels)
+        n = sets.n_classes
+        if self.symm_mode in ("point4", "pair16"):
+            negative, other, _ = self.symm_negatives(sets)
+            anchor_positive = positive[:, None] if self.symm_mode == "pair16" else positive.repeat(2)[:, None]
+            return masked_mean(torch.relu(anchor_positive - negative + self.margin), other)
         anchor_positive = positive.repeat(2)  # anchors a_i then p_i
-        if self.symm_mode == "point4":
-            negative, synthetic = hardest_of_each_class(dist)
-            other = other_class_mask(2, 1, n, dist.device)
-            self.record_synthetic(synthetic[other])
-            return torch.relu(anchor_positive[:, None] - negative + self.margin)[other].mean()
-        pool_sets = n_sets if self.negatives == "symm" else 2
-        rows = point_matrix(dist)[: 2 * n, : pool_sets * n]
-        other = other_class_mask(2, pool_sets, n, dist.device)
-        if self.negatives == "none":
-            return torch.relu(anchor_positive[:, None] - rows + self.margin)[other].mean()
-        if self.negatives == "hardest":
-            negative = torch.where(other, rows, INF).min(dim=1).values
-        else:  # semihard, over the real points or (symm) the real and synthetic ones
-            negative, column = semihard_negatives(rows, other, anchor_positive)
+        if self.negatives == "symm":  # semi-hard over the real and synthetic points
+            pool = pool_distances(sets, self.squared)
+            other = other_class_mask(2, sets.n_sets, n, pool.device)
+            column = semihard_negatives(pool, other, anchor_positive.detach())
             self.record_synthetic(column >= 2 * n)
+            negative = point_distances(sets, torch.arange(2 * n, device=pool.device), column, self.squared)
+            return torch.relu(anchor_positive - negative + self.margin).mean()
+        rows = real_distances(sets, self.squared)
+        other = other_class_mask(2, 2, n, rows.device)
+        if self.negatives == "none":
+            return masked_mean(torch.relu(anchor_positive[:, None] - rows + self.margin), other)
+        detached = rows.detach()
+        if self.negatives == "hardest":
+            column = torch.where(other, detached, INF).argmin(dim=1)
+        else:  # semihard over the real points
+            column = semihard_negatives(detached, other, anchor_positive.detach())
+        negative = rows.gather(1, column[:, None])[:, 0]
         return torch.relu(anchor_positive - negative + self.margin).mean()
 
 
@@ -151,24 +209,17 @@ class LiftedStructureLoss(_DistanceLoss):
         self.margin = margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        dist, positive = self.distances(embeddings, labels)
-        n = dist.shape[2]
-        if self.symm_mode == "pair16":
-            negative, synthetic = hardest_pair_of_classes(dist)
-            other = ~torch.eye(n, dtype=torch.bool, device=dist.device)
-            self.record_synthetic(synthetic[other])
-            per_class = torch.where(other, self.margin - negative, -INF)  # (N, N)
+        sets, positive = self.geometry(embeddings, labels)
+        n = sets.n_classes
+        if self.negatives == "symm":
+            negative, other, _ = self.symm_negatives(sets)
         else:
-            if self.symm_mode == "point4":
-                negative, synthetic = hardest_of_each_class(dist)  # (2N, N)
-                other = other_class_mask(2, 1, n, dist.device)
-                self.record_synthetic(synthetic[other])
-            else:
-                negative = point_matrix(dist)[: 2 * n, : 2 * n]
-                other = other_class_mask(2, 2, n, dist.device)
-            scores = torch.where(other, self.margin - negative, -INF)
-            per_class = torch.cat([scores[:n], scores[n:]], dim=1)  # a_i's and p_i's negatives together
-        objective = torch.logsumexp(per_class, dim=1) + positive
+            negative = real_distances(sets, self.squared)
+            other = other_class_mask(2, 2, n, negative.device)
+        scores = torch.where(other, self.margin - negative, -INF)
+        if self.symm_mode != "pair16":  # a_i's and p_i's negatives together
+            scores = scores.view(2, n, -1).transpose(0, 1).reshape(n, -1)
+        objective = torch.logsumexp(scores, dim=1) + positive
         return (torch.relu(objective) ** 2).mean() / 2
 
 
@@ -189,23 +240,15 @@ class ContrastiveLoss(_DistanceLoss):
         self.pos_margin = pos_margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        dist, positive = self.distances(embeddings, labels)
-        n = dist.shape[2]
-        if self.symm_mode == "pair16":
-            negative, synthetic = hardest_pair_of_classes(dist)
-            other = ~torch.eye(n, dtype=torch.bool, device=dist.device)
-        elif self.symm_mode == "point4":
-            negative, synthetic = hardest_of_each_class(dist)
-            other = other_class_mask(2, 1, n, dist.device)
-        else:
-            rows = point_matrix(dist)[: 2 * n, : 2 * n]
-            other = other_class_mask(2, 2, n, dist.device)
-            negative, synthetic = rows, None
-            if self.negatives == "hardest":
-                negative = torch.where(other, rows, INF).min(dim=1, keepdim=True).values
-                other = torch.ones_like(negative, dtype=torch.bool)
-        if synthetic is not None:
-            self.record_synthetic(synthetic[other])
+        sets, positive = self.geometry(embeddings, labels)
+        n = sets.n_classes
         positive_term = torch.relu(positive - self.pos_margin).mean()
-        negative_term = torch.relu(self.margin - negative)[other].mean()
-        return positive_term + negative_term
+        if self.negatives == "symm":
+            negative, other, _ = self.symm_negatives(sets)
+            return positive_term + masked_mean(torch.relu(self.margin - negative), other)
+        rows = real_distances(sets, self.squared)
+        other = other_class_mask(2, 2, n, rows.device)
+        if self.negatives == "hardest":
+            column = torch.where(other, rows.detach(), INF).argmin(dim=1)
+            return positive_term + torch.relu(self.margin - rows.gather(1, column[:, None])).mean()
+        return positive_term + masked_mean(torch.relu(self.margin - rows), other)

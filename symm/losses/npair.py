@@ -13,8 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from symm.losses.base import PairLoss, check_non_negative
-from symm.losses.pairs import PointSets
+from symm.losses.base import PairLoss, check_non_negative, kth_hardest
+from symm.losses.fused import SymmNPairLogits
+from symm.losses.pairs import PointSets, split_pairs, symmetric_sets
 
 # The release's six unordered set pairs over [A, P, S1, S2], in its list order.
 OFFICIAL_SET_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
@@ -22,10 +23,15 @@ OFFICIAL_SET_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2
 OFFICIAL_ORDERED_PAIRS: tuple[tuple[int, int], ...] = tuple((s, t) for s in range(4) for t in range(4) if s != t)
 
 
-def _max_with_synthetic(candidates: torch.Tensor, synthetic_flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise max over the first dim; which winners are synthetic (first max wins ties)."""
-    values, which = candidates.max(dim=0)
-    return values, synthetic_flags.to(which.device)[which]
+def _is_synthetic(pairs: list[tuple[int, int]] | tuple[tuple[int, int], ...], which: torch.Tensor) -> torch.Tensor:
+    """(N, N) 1.0 where the chosen candidate involves a synthetic set (float: cheap to gather and average)."""
+    flags = torch.tensor([float(s >= 2 or t >= 2) for s, t in pairs], device=which.device)
+    return torch.take(flags, which)
+
+
+def _choose(candidates: torch.Tensor, rank: int) -> torch.Tensor:
+    """Index over the first dim of the rank-th largest candidate per entry (no autograd)."""
+    return kth_hardest(candidates, rank, dim=0, largest=True)[1]
 
 
 class _LogitLoss(PairLoss):
@@ -38,19 +44,37 @@ class _LogitLoss(PairLoss):
         check_non_negative(reg_lambda=reg_lambda)
         self.reg_lambda = reg_lambda
 
-    def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def plain_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The same logits from one autograd node (``symm.losses.fused``), or None where not offered."""
+        return None
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        anchors, positives, sets = self.pairs_and_sets(embeddings, labels)
-        logits, synthetic = self.logits(sets)
-        n = logits.shape[0]
-        if synthetic is not None:
-            off_diagonal = ~torch.eye(n, dtype=torch.bool, device=logits.device)
-            self.record_synthetic(synthetic[off_diagonal])
+        anchors, positives, _ = split_pairs(embeddings, labels)
+        if self.normalize:
+            anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
+        n = anchors.shape[0]
+        if self.negatives == "symm":
+            fused = self.fused_symm_logits(anchors, positives)
+            if fused is not None:
+                logits, synthetic = fused
+            else:
+                logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection, with_norms=False))
+            self.record_synthetic(synthetic, off_diagonal=True)
+        else:
+            logits = self.plain_logits(anchors, positives)
         targets = torch.arange(n, device=logits.device)
-        regulariser = self.reg_lambda / 4 * (anchors.pow(2).sum(1).mean() + positives.pow(2).sum(1).mean())
-        return F.cross_entropy(logits, targets) + regulariser
+        if self.normalize:
+            squares = anchors.pow(2).sum() + positives.pow(2).sum()
+        else:  # every embedding is an anchor or a positive exactly once
+            flat = embeddings.reshape(-1)
+            squares = torch.dot(flat, flat)
+        return F.cross_entropy(logits, targets) + (self.reg_lambda / (4 * n)) * squares
 
 
 def _with_diagonal(logits: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
@@ -64,27 +88,47 @@ class NPairLoss(_LogitLoss):
     name = "npair"
     symm_modes = ("official", "point4", "pair16")
 
-    def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.negatives == "none":
-            return sets.block(0, 1), None
+    def candidate_count(self) -> int | None:
+        return len(OFFICIAL_SET_PAIRS) if self.symm_mode == "official" else super().candidate_count()
+
+    def plain_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        return anchors @ positives.T
+
+    def symm_pairs(self) -> list[tuple[int, int]]:
         if self.symm_mode == "official":
-            candidates = torch.stack([sets.block(s, t) for s, t in OFFICIAL_SET_PAIRS])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_SET_PAIRS]))
-        elif self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
-            candidates = torch.stack([sets.block(0, t) for t in range(4)])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]))
-        else:  # pair16: all 16 cross combinations u in S_i, v in S_j
-            logits, synthetic = _max_with_synthetic(sets.sims.flatten(0, 1), torch.tensor([s >= 2 or t >= 2 for s in range(4) for t in range(4)]))
-        if self.keep_positive:
-            logits = _with_diagonal(logits, torch.diagonal(sets.block(0, 1)))
-        return logits, synthetic
+            return list(OFFICIAL_SET_PAIRS)
+        if self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
+            return [(0, t) for t in range(4)]
+        return [(s, t) for s in range(4) for t in range(4)]  # pair16: all 16 cross combinations
+
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        reflection = self.reflection
+        if reflection["rescale_to_axis_norm"]:
+            return None
+        pairs = self.symm_pairs()
+        logits, which = SymmNPairLogits.apply(anchors, positives, pairs, self.symm_mode == "point4", self.hardness_rank,
+                                              self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"])
+        return logits, _is_synthetic(pairs, which)
+
+    def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = self.symm_pairs()
+        anchors_only = self.symm_mode == "point4"
+        with torch.no_grad():
+            which = _choose(sets.candidates(pairs, anchors_only=anchors_only), self.hardness_rank)
+            if self.keep_positive:  # the original a_i · p_i on the diagonal
+                which.diagonal().fill_(pairs.index((0, 1)))
+            index = torch.tensor(pairs, device=which.device)
+            rows, cols = index[which, 0], index[which, 1]
+        logits = sets.grid_sims(rows, cols, anchors_only=anchors_only)
+        return logits, _is_synthetic(pairs, which)
 
 
 class AngularLoss(_LogitLoss):
     """Angular loss, N-pair form: diagonal 2(1+t)·a_i·p_i, off-diagonal 4t·(a_i+p_i)·p_j.
 
     t = tan²(angle); 45° (t = 1) as in the paper. ``weight`` scales the loss (the release used
-    2.0 for plain angular and 1.0 with Symm).
+    2.0 for plain angular and 1.0 with Symm). With Symm, anchors X_s and positives X_t give
+    off-diagonal logits 4t·(X_s[i] + X_t[i])·X_t[j]: (X_s + X_t) is one more coefficient set.
     """
 
     name = "angular"
@@ -98,23 +142,42 @@ class AngularLoss(_LogitLoss):
         self.tan_sq = math.tan(math.radians(angle)) ** 2
         self.weight = weight
 
-    def _pair_logits(self, sets: PointSets, s: int, t: int) -> torch.Tensor:
-        """Angular logits with anchors X_s and positives X_t: (X_s_i + X_t_i) · X_t_j off-diagonal."""
-        off = 4 * self.tan_sq * (sets.block(s, t) + sets.block(t, t))
-        return _with_diagonal(off, 2 * (1 + self.tan_sq) * torch.diagonal(sets.block(s, t)))
+    def candidate_count(self) -> int | None:
+        return len(OFFICIAL_ORDERED_PAIRS) if self.symm_mode == "official" else super().candidate_count()
 
-    def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.negatives == "none":
-            return self._pair_logits(sets, 0, 1), None
+    def plain_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+        off = (4 * self.tan_sq) * ((anchors + positives) @ positives.T)
+        return _with_diagonal(off, (2 * (1 + self.tan_sq)) * (anchors * positives).sum(1))
+
+    def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
         if self.symm_mode == "official":
-            candidates = torch.stack([self._pair_logits(sets, s, t) for s, t in OFFICIAL_ORDERED_PAIRS])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_ORDERED_PAIRS]))
+            set_pairs = list(OFFICIAL_ORDERED_PAIRS)
         else:  # point4: (a_i + p_i) against the 4 points of S_j
-            candidates = torch.stack([4 * self.tan_sq * (sets.block(0, t) + sets.block(1, t)) for t in range(4)])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]))
+            set_pairs = [(0, t) for t in range(4)] if self.symm_mode == "point4" else []
+        coef = sets.coef
+        if self.symm_mode == "official":
+            sums = sorted({tuple(sorted(pair)) for pair in set_pairs})
+            first = sets.extend(torch.stack([coef[s] + coef[t] for s, t in sums]))
+            pairs = [(first + sums.index(tuple(sorted((s, t)))), t) for s, t in set_pairs]
+        else:
+            first = sets.extend((coef[0] + coef[1])[None])
+            pairs = [(first, t) for t in range(4)]
+        with torch.no_grad():
+            which = _choose(sets.candidates(pairs), self.hardness_rank)
+            index = torch.tensor(pairs, device=which.device)
+        off = (4 * self.tan_sq) * sets.grid_sims(index[which, 0], index[which, 1])
         if self.keep_positive:
-            logits = _with_diagonal(logits, 2 * (1 + self.tan_sq) * torch.diagonal(sets.block(0, 1)))
-        return logits, synthetic
+            diagonal = sets.ap
+        else:  # official: the rank-th of the 12 diagonal candidates X_s[i] · X_t[i]
+            kd = torch.stack([torch.stack([sets.sq_norms[0], sets.ap]), torch.stack([sets.ap, sets.sq_norms[1]])])
+            rows = coef[[s for s, _ in set_pairs]]
+            cols = coef[[t for _, t in set_pairs]]
+            diag_candidates = torch.einsum("cki,kli,cli->ci", rows, kd, cols)
+            diagonal, diag_which = kth_hardest(diag_candidates, self.hardness_rank, dim=0, largest=True)
+            which = which.clone()
+            which.diagonal().copy_(diag_which)
+        logits = _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal)
+        return logits, _is_synthetic(set_pairs, which)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.weight * super().forward(embeddings, labels)

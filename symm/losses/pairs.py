@@ -5,13 +5,63 @@ The losses see the batch as point sets [A, P] (plain) or [A, P, S1, S2] (with sy
 synthesis; S1 = P mirrored about A, S2 = A mirrored about P), one point per class in each set.
 
 A mirror image is a per-class linear combination of that class's anchor and positive, so every
-similarity involving synthetic points is algebraic in the Gram matrix of the real points: at most
-three N × N × d matmuls (A·Aᵀ, A·Pᵀ, P·Pᵀ, each computed only if needed) plus O(N²) elementwise
-work per needed block, instead of materialising the reflections and multiplying 4N × 4N × d. ``symm.synthesis.reflect`` is the explicit form; tests check both agree.
+similarity involving synthetic points is algebraic in the Gram matrix of the real points:
+X_s[i] · X_t[j] = Σ_kl C[s,k,i] K[k,l,i,j] C[t,l,j] with K the (2, 2, N, N) Gram blocks of
+[A; P] (one matmul) and C the (S, 2, N) coefficients. ``symm.synthesis.reflect`` is the explicit
+form; tests check both agree.
+
+Selections (hardest or k-th hardest candidate) are made without autograd on all candidates,
+then only the selected similarities are recomputed with autograd: the gradient of a max is the
+gradient of its winner, so this equals differentiating the max, at a fraction of the backward cost.
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
+
+
+class _Gram(torch.autograd.Function):
+    """R · Rᵀ whose backward is one matmul, (G + Gᵀ) · R, instead of autograd's two."""
+
+    @staticmethod
+    def forward(ctx, points: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(points)
+        return points @ points.T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (points,) = ctx.saved_tensors
+        return (grad + grad.T) @ points
+
+
+def gram_matrix(points: torch.Tensor) -> torch.Tensor:
+    """points · pointsᵀ with a one-matmul backward."""
+    return _Gram.apply(points)
+
+
+def _pair_views(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Fast path for the two layouts samplers produce: [a1, p1, a2, p2, ...] or [a1..aN, p1..pN].
+
+    Returns views (no copies, cheap backward) when the layout holds and the anchor labels are
+    distinct; None sends the batch to the general path (which also explains what is wrong).
+    """
+    size = labels.shape[0]
+    if size < 4 or size % 2:
+        return None
+    n = size // 2
+    if torch.equal(labels[0::2], labels[1::2]):
+        firsts, layout = labels[0::2], "interleaved"
+    elif torch.equal(labels[:n], labels[n:]):
+        firsts, layout = labels[:n], "blocked"
+    else:
+        return None
+    if torch.unique(firsts).numel() != n:
+        return None
+    if layout == "interleaved":
+        anchors, positives = embeddings.reshape(n, 2, -1).unbind(1)
+        return anchors, positives, firsts
+    return embeddings[:n], embeddings[n:], firsts
 
 
 def split_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -23,6 +73,9 @@ def split_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
             f"labels must be 1-D with one entry per embedding: got {tuple(labels.shape)} for "
             f"{embeddings.shape[0]} embeddings"
         )
+    fast = _pair_views(embeddings, labels)
+    if fast is not None:
+        return fast
     unique, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     if bool((counts != 2).any()):
         bad = int((counts != 2).nonzero()[0, 0])
@@ -39,80 +92,126 @@ def split_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return embeddings[anchors], embeddings[positives], labels[anchors]
 
 
-Coefficient = "torch.Tensor | float"
-
-
 class PointSets:
-    """Similarities between the batch's point sets, computed block by block on demand.
+    """The batch's point sets as coefficients on the real points, with a lazily computed Gram.
 
-    Sets are [A, P] or [A, P, S1, S2] (S sets, N classes; set index >= 2 = synthetic). Each
-    set's points are per-class combinations of the real anchor a_i and positive p_i, held as
-    ``terms[s] = [(source, coefficient), ...]`` with source 0 = a, 1 = p and coefficient a scalar
-    or a per-class vector. ``block(s, t)[i, j]`` = X_s[i] · X_t[j]; ``sq_norms[s, i]`` = ||X_s[i]||².
+    ``coef[s, k, i]``: X_s[i] = coef[s, 0, i] · a_i + coef[s, 1, i] · p_i (set index >= 2 =
+    synthetic); ``sq_norms[s, i]`` = ||X_s[i]||²; ``ap[i]`` = a_i · p_i. Sets may be added
+    (``extend``) for row terms such as the angular loss's a_i + p_i.
     """
 
-    def __init__(self, real: tuple[torch.Tensor, torch.Tensor], terms: list[list[tuple[int, Coefficient]]], sq_norms: torch.Tensor) -> None:
-        self.real = real  # (anchors, positives)
-        self.terms = terms
+    def __init__(self, real: tuple[torch.Tensor, torch.Tensor], coef: torch.Tensor, sq_norms: torch.Tensor, ap: torch.Tensor) -> None:
+        self.real = real
+        self.coef = coef
         self.sq_norms = sq_norms
-        self._grams: dict[tuple[int, int], torch.Tensor] = {}
-        self._blocks: dict[tuple[int, int], torch.Tensor] = {}
+        self.ap = ap
+        self._gram: torch.Tensor | None = None
+        self._anchor_gram: torch.Tensor | None = None
 
     @property
     def n_sets(self) -> int:
-        return len(self.terms)
+        return self.coef.shape[0]
 
     @property
     def n_classes(self) -> int:
         return self.real[0].shape[0]
 
-    def gram(self, k: int, l: int) -> torch.Tensor:
-        """Real-point similarities, computed on first use: plain N-pair needs only A·Pᵀ."""
-        if (k, l) not in self._grams:
-            self._grams[(k, l)] = self._grams[(l, k)].T if (l, k) in self._grams else self.real[k] @ self.real[l].T
-        return self._grams[(k, l)]
+    @property
+    def gram(self) -> torch.Tensor:
+        """(2, 2, N, N) Gram blocks K[k, l] = R_k · R_lᵀ of R = [A; P], one matmul."""
+        if self._gram is None:
+            n = self.n_classes
+            self._gram = gram_matrix(torch.cat(self.real)).view(2, n, 2, n).transpose(1, 2)
+        return self._gram
 
-    def block(self, s: int, t: int) -> torch.Tensor:
-        if (s, t) not in self._blocks:
-            total = None
-            for k, row_coef in self.terms[s]:
-                for l, col_coef in self.terms[t]:
-                    part = self.gram(k, l)
-                    if isinstance(row_coef, torch.Tensor):
-                        part = row_coef[:, None] * part
-                    elif row_coef != 1:
-                        part = row_coef * part
-                    if isinstance(col_coef, torch.Tensor):
-                        part = part * col_coef[None, :]
-                    elif col_coef != 1:
-                        part = part * col_coef
-                    total = part if total is None else total + part
-            self._blocks[(s, t)] = total
-        return self._blocks[(s, t)]
+    def anchor_gram(self) -> torch.Tensor:
+        """(1, 2, N, N): [A·Aᵀ, A·Pᵀ] only (half the matmul), for selections whose rows are the anchors."""
+        if self._gram is not None:
+            return self.gram[:1]
+        if self._anchor_gram is None:
+            n = self.n_classes
+            anchors = self.real[0]
+            self._anchor_gram = (anchors @ torch.cat(self.real).T).view(1, n, 2, n).transpose(1, 2)
+        return self._anchor_gram
+
+    def extend(self, coef: torch.Tensor) -> int:
+        """Append sets given by (S', 2, N) coefficients (no squared norms); returns the first new index."""
+        first = self.n_sets
+        self.coef = torch.cat([self.coef, coef])
+        return first
+
+    def candidates(self, pairs: list[tuple[int, int]], anchors_only: bool = False) -> torch.Tensor:
+        """(len(pairs), N, N) similarities X_s[i] · X_t[j], without autograd (for choosing).
+
+        Rows of a real set are Gram row blocks; a synthetic row set costs two fused
+        multiply-adds per Gram block, a synthetic column set two per pair (anchors_only: every
+        row set must be the anchors).
+        """
+        n = self.n_classes
+        with torch.enable_grad():  # cached for the recomputation with autograd, even when called under no_grad
+            gram = (self.anchor_gram() if anchors_only else self.gram).detach()
+        with torch.no_grad():
+            coef = self.coef.detach()
+            row_terms = {}
+            for s in sorted({s for s, _ in pairs}):  # M_s[l] = Σ_k C[s,k,i] K[k,l]
+                if s < gram.shape[0]:
+                    row_terms[s] = gram[s]
+                else:
+                    row_terms[s] = torch.addcmul(coef[s, 0, None, :, None] * gram[0], coef[s, 1, None, :, None], gram[1])
+            out = torch.empty(len(pairs), n, n, dtype=gram.dtype, device=gram.device)
+            for c, (s, t) in enumerate(pairs):
+                if t < 2:
+                    out[c] = row_terms[s][t]
+                else:
+                    torch.mul(row_terms[s][0], coef[t, 0], out=out[c])
+                    out[c].addcmul_(row_terms[s][1], coef[t, 1])
+        return out
+
+    def grid_sims(self, row_sets: torch.Tensor, col_sets: torch.Tensor, anchors_only: bool = False) -> torch.Tensor:
+        """X_r[i] · X_t[j] with autograd, r = row_sets[..., i, j], t = col_sets[..., i, j] (shape (..., N, N))."""
+        gram = self.anchor_gram() if anchors_only else self.gram
+        n, kr = self.n_classes, gram.shape[0]
+        classes = torch.arange(n, device=row_sets.device)
+        # per entry, the chosen sets' coefficients (index_select: the cheapest gather with autograd here)
+        by_source = self.coef.transpose(0, 1).reshape(2, -1)  # [k, s·N + i]
+        row_coef = by_source[:kr].index_select(1, (row_sets * n + classes[:, None]).reshape(-1)).view(kr, *row_sets.shape)
+        col_coef = by_source.index_select(1, (col_sets * n + classes).reshape(-1)).view(2, *col_sets.shape)
+        # whole-tensor products: per-block slices of the Gram would each cost a full-size zero-fill in backward
+        for _ in range(row_sets.dim() - 2):  # batch dims of the selection (views, no copy)
+            gram = gram.unsqueeze(2)
+        return (row_coef[:, None] * col_coef[None, :] * gram).sum((0, 1))
+
+    def point_sims(self, row_sets: torch.Tensor, row_classes: torch.Tensor, col_sets: torch.Tensor, col_classes: torch.Tensor) -> torch.Tensor:
+        """X_r[i] · X_t[j] with autograd for arbitrary matching index tensors (sparse selections)."""
+        gram = self.gram[:, :, row_classes, col_classes]  # (2, 2, ...)
+        row_coef = self.coef[row_sets, :, row_classes]
+        col_coef = self.coef[col_sets, :, col_classes]
+        return torch.einsum("...k,kl...,...l->...", row_coef, gram, col_coef)
 
     @property
     def sims(self) -> torch.Tensor:
-        """All (S, S, N, N) blocks."""
-        return torch.stack([torch.stack([self.block(s, t) for t in range(self.n_sets)]) for s in range(self.n_sets)])
+        """All (S, S, N, N) blocks with autograd (reference form, for tests and analyses)."""
+        return torch.einsum("ski,klij,tlj->stij", self.coef, self.gram, self.coef)
 
-    def distances(self, squared: bool, rows: int | None = None) -> torch.Tensor:
-        """(R, S, N, N) distances from the first ``rows`` sets (default all) to every set."""
-        rows = self.n_sets if rows is None else rows
-        sims = torch.stack([torch.stack([self.block(s, t) for t in range(self.n_sets)]) for s in range(rows)])
-        d2 = (self.sq_norms[:rows, None, :, None] + self.sq_norms[None, :, None, :] - 2 * sims).clamp_min(0)
-        # the clamp keeps the gradient of sqrt finite for duplicate points (distance 0)
-        return d2 if squared else d2.clamp_min(1e-12).sqrt()
+    def distances(self, squared: bool) -> torch.Tensor:
+        """All (S, S, N, N) distances with autograd (reference form)."""
+        sq = self.sq_norms
+        return to_distance(sq[:, None, :, None] + sq[None, :, None, :] - 2 * self.sims, squared)
 
 
-def point_matrix(blocks: torch.Tensor) -> torch.Tensor:
-    """(R, S, N, N) blocks -> (R·N, S·N) matrix over points; point s·N + i is set s, class i."""
-    r, s, n, _ = blocks.shape
-    return blocks.permute(0, 2, 1, 3).reshape(r * n, s * n)
+def to_distance(sq_dist: torch.Tensor, squared: bool) -> torch.Tensor:
+    sq_dist = sq_dist.clamp_min(0)
+    # the clamp keeps the gradient of sqrt finite for duplicate points (distance 0)
+    return sq_dist if squared else sq_dist.clamp_min(1e-12).sqrt()
+
+
+def _real_coef(n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.eye(2, dtype=like.dtype, device=like.device)[:, :, None].expand(2, 2, n)
 
 
 def real_sets(anchors: torch.Tensor, positives: torch.Tensor) -> PointSets:
-    sq_norms = torch.stack([anchors.pow(2).sum(1), positives.pow(2).sum(1)])
-    return PointSets((anchors, positives), [[(0, 1.0)], [(1, 1.0)]], sq_norms)
+    sq_norms = torch.stack([anchors, positives]).pow(2).sum(-1)
+    return PointSets((anchors, positives), _real_coef(anchors.shape[0], anchors), sq_norms, (anchors * positives).sum(1))
 
 
 def symmetric_sets(
@@ -123,28 +222,29 @@ def symmetric_sets(
     form: str = "paper",
     rescale_to_axis_norm: bool = False,
     eps: float = 1e-12,
+    with_norms: bool = True,
 ) -> PointSets:
     """[A, P, S1, S2] with S1 = reflect(P, axes=A), S2 = reflect(A, axes=P).
 
     Same arithmetic as ``symm.synthesis.reflect`` (both forms, alpha, beta, the rescale),
-    expressed as coefficients on the real points.
+    expressed as coefficients on the real points. ``with_norms=False`` skips the synthetic
+    points' squared norms (logit losses never use them; ``sq_norms`` then holds the real ones).
     """
-    aa = anchors.pow(2).sum(1)
-    pp = positives.pow(2).sum(1)
+    n = anchors.shape[0]
+    sq = torch.stack([anchors, positives]).pow(2).sum(-1)  # [||a||², ||p||²]
     ap = (anchors * positives).sum(1)
-    # reflect(x, axis) = own * x + along * axis
-    own: Coefficient = beta * (1 - alpha) if form == "paper" else -beta
-    aa_safe, pp_safe = aa.clamp_min(eps), pp.clamp_min(eps)
-    along_s1 = beta * alpha * ap / aa_safe  # S1 = own * p + along_s1 * a
-    along_s2 = beta * alpha * ap / pp_safe  # S2 = own * a + along_s2 * p
-    s1_sq = own**2 * pp + 2 * own * along_s1 * ap + along_s1**2 * aa
-    s2_sq = own**2 * aa + 2 * own * along_s2 * ap + along_s2**2 * pp
+    # reflect(x, axis) = own * x + along * axis; S1: x = p, axis = a; S2: x = a, axis = p
+    own = beta * (1 - alpha) if form == "paper" else -beta
+    axis_sq = sq.clamp_min(eps)
+    along = (beta * alpha) * ap / axis_sq  # [along_s1, along_s2]
+    synth_sq = own**2 * sq.flip(0) + along * (2 * own * ap + along * sq) if with_norms or rescale_to_axis_norm else None
     if rescale_to_axis_norm:
-        scale1 = aa_safe.sqrt() / s1_sq.clamp_min(0).sqrt().clamp_min(eps)
-        scale2 = pp_safe.sqrt() / s2_sq.clamp_min(0).sqrt().clamp_min(eps)
-        terms = [[(0, 1.0)], [(1, 1.0)],
-                 [(1, own * scale1), (0, along_s1 * scale1)], [(0, own * scale2), (1, along_s2 * scale2)]]
-        s1_sq, s2_sq = s1_sq * scale1**2, s2_sq * scale2**2
+        scale = axis_sq.sqrt() / synth_sq.clamp_min(0).sqrt().clamp_min(eps)
+        along, own_part, synth_sq = along * scale, own * scale, synth_sq * scale**2
     else:
-        terms = [[(0, 1.0)], [(1, 1.0)], [(1, own), (0, along_s1)], [(0, own), (1, along_s2)]]
-    return PointSets((anchors, positives), terms, torch.stack([aa, pp, s1_sq, s2_sq]))
+        own_part = torch.full_like(along, own)
+    # coefficient rows: S1 = (along_s1, own), S2 = (own, along_s2): own off the diagonal, along on it
+    eye = torch.eye(2, dtype=anchors.dtype, device=anchors.device)[:, :, None]
+    synth = own_part[:, None, :] + (along - own_part)[:, None, :] * eye
+    coef = torch.cat([_real_coef(n, anchors), synth])
+    return PointSets((anchors, positives), coef, torch.cat([sq, synth_sq]) if with_norms else sq, ap)
