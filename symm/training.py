@@ -98,7 +98,9 @@ def train_trial(
     train_images, train_labels = (t.to(device) for t in data["train"])
     in_channels = train_images.shape[1]
     model = create_model(model_cfg.backbone, embedding_dim=model_cfg.embedding_dim, in_channels=in_channels, **model_cfg.options).to(device)
-    method: TrainingMethod = create_method(method_spec["kind"], **method_spec.get("options", {})).to(device)
+    method: TrainingMethod = create_method(method_spec["kind"], **method_spec.get("options", {}))
+    method.setup(model, total_steps=train_cfg.steps, train_labels=train_labels)
+    method.to(device)
     method.configure_optimizers(model, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     sampler = NPairBatchSampler(train_labels.cpu().numpy(), train_cfg.classes_per_batch, seed=seed)
     augment_rng = torch.Generator().manual_seed(seed)

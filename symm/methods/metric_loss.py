@@ -1,8 +1,4 @@
-"""Training methods: what one optimisation step does, behind one interface.
-
-The trainer calls only this interface, so methods that own extra modules, optimisers, phases
-or running statistics (DAML, HDML) plug in without branches in the training loop.
-"""
+"""Plain metric losses (with or without mining or symmetrical synthesis): one loss, one optimiser."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,25 +7,7 @@ import torch
 from torch import nn
 
 from symm.losses import create_loss
-from symm.registry import Registry
-
-
-class TrainingMethod(nn.Module):
-    """Base class: owns the loss (and any extra modules) and the optimisers."""
-
-    def configure_optimizers(self, model: nn.Module, lr: float, weight_decay: float) -> None:
-        raise NotImplementedError
-
-    def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> dict[str, float]:
-        """Run one optimisation step; return scalar logs (loss terms, synthetic share...)."""
-        raise NotImplementedError
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Everything beyond the backbone needed to continue exactly (optimisers, running stats)."""
-        raise NotImplementedError
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+from symm.methods.base import TrainingMethod
 
 
 class MetricLossMethod(TrainingMethod):
@@ -62,12 +40,3 @@ class MetricLossMethod(TrainingMethod):
         assert self.optimizer is not None, "call configure_optimizers before loading a checkpoint"
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-
-METHOD_KINDS: Registry[TrainingMethod] = Registry("method kind")
-METHOD_KINDS.register("metric_loss")(MetricLossMethod)
-
-
-def create_method(kind: str, **options: Any) -> TrainingMethod:
-    """Build a method from its params.yaml spec, e.g. kind=metric_loss, loss=npair, negatives=symm."""
-    return METHOD_KINDS.create(kind, **options)
