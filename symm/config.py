@@ -6,7 +6,7 @@ so moving to a cluster does not invalidate results.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,11 +21,46 @@ class ModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per training step (symm.optim.build_scheduler)."""
+
+    name: Literal["constant", "step"] = "constant"
+    every: int = Field(5000, gt=0, description="step: multiply the lr by gamma every this many steps")
+    gamma: float = Field(0.5, gt=0, le=1)
+
+
+class OptimizerConfig(_Strict):
+    """An optimiser and its schedule (symm.optim.build_optimizer); see symm/optim.py for the semantics."""
+
+    name: Literal["adam", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    weight_decay_mode: Literal["coupled", "decoupled"] = Field(
+        "coupled", description="coupled: L2 term λ/2·‖w‖² in the loss; decoupled: AdamW (adam only)"
+    )
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    eps: float = Field(1e-8, gt=0)  # adam, rmsprop
+    momentum: float = Field(0.0, ge=0, lt=1)  # rmsprop, sgd
+    rmsprop_alpha: float = Field(0.99, gt=0, lt=1)  # rmsprop's squared-gradient smoothing
+    nesterov: bool = False  # sgd
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> "OptimizerConfig":
+        if self.weight_decay_mode == "decoupled" and self.name != "adam":
+            raise ValueError(
+                f"weight_decay_mode 'decoupled' is defined for adam (AdamW) only, not {self.name!r}; "
+                "use weight_decay_mode: coupled"
+            )
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs name: sgd and momentum > 0")
+        return self
+
+
 class TrainConfig(_Strict):
     steps: int = Field(gt=0)
     eval_every: int = Field(gt=0, description="steps between validation evaluations (one 'epoch' in logs)")
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
+    optimizer: OptimizerConfig
     classes_per_batch: int = Field(ge=2)
     augment: bool
 

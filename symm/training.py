@@ -101,7 +101,7 @@ def train_trial(
     method: TrainingMethod = create_method(method_spec["kind"], **method_spec.get("options", {}))
     method.setup(model, total_steps=train_cfg.steps, train_labels=train_labels)
     method.to(device)
-    method.configure_optimizers(model, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    method.configure_optimizers(model, train_cfg.optimizer)
     sampler = NPairBatchSampler(train_labels.cpu().numpy(), train_cfg.classes_per_batch, seed=seed)
     augment_rng = torch.Generator().manual_seed(seed)
 

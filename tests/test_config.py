@@ -36,7 +36,10 @@ def test_repository_params_are_valid(params):
         (lambda p: p["methods"]["npair"]["options"].update(loss="nope"), "methods.npair: unknown loss 'nope'"),
         (lambda p: p["methods"]["npair"]["options"].update(margn=1), r"methods.npair: unknown option\(s\) \['margn'\]"),
         (lambda p: p["methods"]["npair"].update(kind="alchemy"), "unknown method kind 'alchemy'"),
-        (lambda p: p["train"].update(lr=-1), "'train.lr'"),
+        (lambda p: p["train"]["optimizer"].update(lr=-1), "'train.optimizer.lr'"),
+        (lambda p: p["train"]["optimizer"].update(name="adagrad"), "'train.optimizer.name'"),
+        (lambda p: p["train"]["optimizer"].update(name="sgd", weight_decay_mode="decoupled"),
+         "'decoupled' is defined for adam"),
         (lambda p: p["sweep"]["datasets"].append("cub"), "sweep.datasets lists 'cub'"),
     ],
 )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from symm.config import EvalConfig, ModelConfig, TrainConfig
+from symm.config import EvalConfig, ModelConfig, OptimizerConfig, TrainConfig
 from symm.training import train_trial
 
 METHOD = {"kind": "metric_loss", "options": {"loss": "npair", "negatives": "symm", "symm_mode": "official"}}
@@ -29,7 +29,7 @@ def run(digits, steps=30, eval_every=10, seed=0, **kw):
     return train_trial(
         method_spec=METHOD,
         model_cfg=ModelConfig(backbone="small_cnn", embedding_dim=16, options={"width": 8}),
-        train_cfg=TrainConfig(steps=steps, eval_every=eval_every, lr=1e-3, weight_decay=0.0, classes_per_batch=4, augment=True),
+        train_cfg=TrainConfig(steps=steps, eval_every=eval_every, optimizer=OptimizerConfig(lr=1e-3), classes_per_batch=4, augment=True),
         eval_cfg=EvalConfig(ks=[1, 2], batch_size=256),
         data=digits, seed=seed, **kw,
     )

@@ -7,11 +7,15 @@ the training labels), ``configure_optimizers``, then ``training_step`` every ste
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from symm.config import OptimizerConfig
+from symm.optim import build_optimizer, build_scheduler
 
 
 class TrainingMethod(nn.Module):
@@ -24,7 +28,8 @@ class TrainingMethod(nn.Module):
         device). Plain losses need nothing.
         """
 
-    def configure_optimizers(self, model: nn.Module, lr: float, weight_decay: float) -> None:
+    def configure_optimizers(self, model: nn.Module, optim_cfg: OptimizerConfig) -> None:
+        """Build optimisers and lr schedulers with symm.optim (same semantics for every method)."""
         raise NotImplementedError
 
     def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> dict[str, float]:
@@ -32,16 +37,58 @@ class TrainingMethod(nn.Module):
         raise NotImplementedError
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything beyond the backbone needed to continue exactly (optimisers, running stats)."""
+        """Everything beyond the backbone needed to continue exactly (optimisers, schedulers, running stats)."""
         raise NotImplementedError
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
 
-def make_optimizer(groups: Sequence[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam over parameter groups; a group's own ``lr`` (a multiple of the recipe's) wins."""
-    return torch.optim.Adam([dict(g) for g in groups], lr=lr, weight_decay=weight_decay)
+class OptimizerSet:
+    """Named optimisers, each with its lr schedule, built by symm.optim; one state_dict for all."""
+
+    def __init__(self) -> None:
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+
+    def add(self, name: str, groups: Sequence[dict[str, Any]], cfg: OptimizerConfig) -> None:
+        """``groups``: param-group dicts; a group's own ``lr`` (e.g. a multiple of the recipe's) wins."""
+        self.optimizers[name] = build_optimizer([dict(g) for g in groups], cfg)
+        self.schedulers[name] = build_scheduler(self.optimizers[name], cfg)
+
+    def __bool__(self) -> bool:
+        return bool(self.optimizers)
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self, *names: str) -> None:
+        """Step the named optimisers, then every schedule: lr schedules follow the global step
+        even for an optimiser idle in this phase (DAML's joint optimisers during the warm-up)."""
+        for name in names:
+            self.optimizers[name].step()
+        with warnings.catch_warnings():  # torch warns when a schedule steps before its optimiser ever did
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+
+    def lr(self, name: str) -> float:
+        return self.optimizers[name].param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.optimizers:
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+
+
+def constant_adam(lr: float) -> OptimizerConfig:
+    """Adam at a fixed lr, no weight decay: the HDML release's generator and classifier optimisers."""
+    return OptimizerConfig(name="adam", lr=lr, weight_decay=0.0)
 
 
 def route_gradients(routes: Iterable[tuple[torch.Tensor, Sequence[nn.Parameter]]]) -> None:
@@ -65,7 +112,7 @@ def route_gradients(routes: Iterable[tuple[torch.Tensor, Sequence[nn.Parameter]]
 def check_finite(step: int, **losses: torch.Tensor) -> None:
     for name, value in losses.items():
         if not torch.isfinite(value):
-            raise FloatingPointError(f"{name} became {value.item()} at step {step}; lower train.lr in params.yaml")
+            raise FloatingPointError(f"{name} became {value.item()} at step {step}; lower train.optimizer.lr in params.yaml")
 
 
 class RunningMean:

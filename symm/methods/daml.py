@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from symm.losses import create_loss
-from symm.methods.base import TrainingMethod, check_finite, make_optimizer, route_gradients
+from symm.config import OptimizerConfig
+from symm.methods.base import OptimizerSet, TrainingMethod, check_finite, route_gradients
 from symm.methods.tuples import npair_rows, pair_order, sq_dist, triplet_hinge, triplet_indices
 
 BASE_LOSSES = ("npair", "triplet")
@@ -86,24 +87,23 @@ class DAMLMethod(TrainingMethod):
         self.warmup_fraction, self.warmup_steps = warmup_fraction, warmup_steps
         self.lr_scales = {"backbone": backbone_lr_scale, "head": head_lr_scale, "generator": generator_lr_scale}
         self.generator: DAMLGenerator | None = None
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers = OptimizerSet()
 
     def setup(self, model: nn.Module, *, total_steps: int, train_labels: torch.Tensor) -> None:
         self.generator = DAMLGenerator(model.embedding.out_features)
         if self.warmup_steps is None:
             self.warmup_steps = round(self.warmup_fraction * total_steps)
 
-    def configure_optimizers(self, model: nn.Module, lr: float, weight_decay: float) -> None:
+    def configure_optimizers(self, model: nn.Module, optim_cfg: OptimizerConfig) -> None:
+        """Every optimiser follows the recipe (kind, weight decay, schedule); lrs are multiples of its lr."""
         assert self.generator is not None, "call setup first"
         backbone, head = split_model_params(model)
-        scales = self.lr_scales
-        # the release builds a separate optimiser for the warm-up: the joint phase starts with fresh Adam state
-        self.optimizers = {
-            "warmup": make_optimizer([{"params": backbone + head}], lr, weight_decay),
-            "backbone": make_optimizer([{"params": backbone, "lr": lr * scales["backbone"]}], lr, weight_decay),
-            "head": make_optimizer([{"params": head, "lr": lr * scales["head"]}], lr, weight_decay),
-            "generator": make_optimizer([{"params": list(self.generator.parameters()), "lr": lr * scales["generator"]}], lr, weight_decay),
-        }
+        lr = optim_cfg.lr
+        self.optimizers = OptimizerSet()
+        # the release builds a separate optimiser for the warm-up: the joint phase starts with fresh state
+        self.optimizers.add("warmup", [{"params": backbone + head}], optim_cfg)
+        for name, params in (("backbone", backbone), ("head", head), ("generator", list(self.generator.parameters()))):
+            self.optimizers.add(name, [{"params": params, "lr": lr * self.lr_scales[name]}], optim_cfg)
 
     def phase(self, step: int) -> str:
         return "warmup" if step < (self.warmup_steps or 0) else "joint"
@@ -139,14 +139,14 @@ class DAMLMethod(TrainingMethod):
 
     def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> dict[str, float]:
         assert self.optimizers, "call configure_optimizers first"
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+        self.optimizers.zero_grad()
         if self.phase(step) == "warmup":
             loss = self.base(model(images), labels)
             check_finite(step, loss=loss)
             loss.backward()
-            self.optimizers["warmup"].step()
-            return {"loss": loss.item(), "joint_phase": 0.0}
+            lr = self.optimizers.lr("warmup")
+            self.optimizers.step("warmup")
+            return {"loss": loss.item(), "joint_phase": 0.0, "lr": lr}
         terms = self.losses(model, images, labels)
         check_finite(step, j_m=terms["j_m"], j_gen=terms["j_gen"])
         metric_params, gen_params = list(model.parameters()), list(self.generator.parameters())
@@ -154,18 +154,17 @@ class DAMLMethod(TrainingMethod):
             route_gradients([(terms["j_m"] + terms["j_gen"], metric_params + gen_params)])
         else:
             route_gradients([(terms["j_m"], metric_params), (terms["j_gen"], gen_params)])
-        for name in ("backbone", "head", "generator"):
-            self.optimizers[name].step()
+        lr = self.optimizers.lr("head")
+        self.optimizers.step("backbone", "head", "generator")
         return {"loss": terms["j_m"].item(), **{k: terms[k].item() for k in ("j_gen", "j_hard", "j_reg", "j_adv")},
-                "joint_phase": 1.0}
+                "joint_phase": 1.0, "lr": lr}
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"modules": self.state_dict(), "warmup_steps": self.warmup_steps,
-                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
+                "optimizers": self.optimizers.state_dict()}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         assert self.optimizers, "call configure_optimizers before loading a checkpoint"
         self.load_state_dict(state["modules"])
         self.warmup_steps = state["warmup_steps"]
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+        self.optimizers.load_state_dict(state["optimizers"])

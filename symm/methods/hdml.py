@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from symm.losses import create_loss
-from symm.methods.base import RunningMean, TrainingMethod, check_finite, make_optimizer, route_gradients
+from symm.config import OptimizerConfig
+from symm.methods.base import OptimizerSet, RunningMean, TrainingMethod, check_finite, constant_adam, route_gradients
 from symm.methods.tuples import npair_rows, pair_order, triplet_hinge, triplet_indices
 
 BASE_LOSSES = ("npair", "triplet")
@@ -103,7 +104,7 @@ class HDMLMethod(TrainingMethod):
         self.j_gen = RunningMean(window, initial_mean)  # drives the real/synthetic weights
         self.generator: HDMLGenerator | None = None
         self.classifier: nn.Linear | None = None
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers = OptimizerSet()
 
     def setup(self, model: nn.Module, *, total_steps: int, train_labels: torch.Tensor) -> None:
         feature_dim, embedding_dim = model.feature_dim, model.embedding.out_features
@@ -114,16 +115,14 @@ class HDMLMethod(TrainingMethod):
         nn.init.xavier_uniform_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
-    def configure_optimizers(self, model: nn.Module, lr: float, weight_decay: float) -> None:
+    def configure_optimizers(self, model: nn.Module, optim_cfg: OptimizerConfig) -> None:
+        """Metric: the recipe (its weight decay and schedule); generator and classifier: the release's
+        fixed-lr Adam without weight decay (its L2 term covers the metric's weights only)."""
         assert self.generator is not None and self.classifier is not None, "call setup first"
-        # weight decay on the metric only: the release's L2 term skips generator and classifier
-        self.optimizers = {
-            "metric": make_optimizer([{"params": list(model.parameters())}], lr, weight_decay),
-            "generator": make_optimizer([{"params": list(self.generator.parameters()), "lr": self.generator_lr,
-                                          "weight_decay": 0.0}], lr, weight_decay),
-            "classifier": make_optimizer([{"params": list(self.classifier.parameters()), "lr": self.classifier_lr,
-                                           "weight_decay": 0.0}], lr, weight_decay),
-        }
+        self.optimizers = OptimizerSet()
+        self.optimizers.add("metric", [{"params": list(model.parameters())}], optim_cfg)
+        self.optimizers.add("generator", [{"params": list(self.generator.parameters())}], constant_adam(self.generator_lr))
+        self.optimizers.add("classifier", [{"params": list(self.classifier.parameters())}], constant_adam(self.classifier_lr))
 
     def class_index(self, labels: torch.Tensor) -> torch.Tensor:
         index = torch.searchsorted(self.class_ids, labels)
@@ -189,15 +188,14 @@ class HDMLMethod(TrainingMethod):
         j_avg, j_gen_avg = self.j_avg.read(), self.j_gen.read()
         terms = self.losses(model, images, labels)
         check_finite(step, j_metric=terms["j_metric"], j_gen=terms["j_gen"], classifier_ce=terms["classifier_ce"])
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizers.lr("metric")
+        self.optimizers.zero_grad()
         route_gradients([
             (terms["j_metric"], list(model.parameters())),
             (terms["j_gen"], list(self.generator.parameters())),
             (terms["classifier_ce"], list(self.classifier.parameters())),
         ])
-        for optimizer in self.optimizers.values():
-            optimizer.step()
+        self.optimizers.step("metric", "generator", "classifier")
         real_weight = terms["real_weight"].item()
         # the release collects the *weighted* real loss for J_avg (its J_m tensor is rebound); the paper the loss itself
         metric_value = terms["j_real"].item() * (real_weight if self.variant == "released" else 1.0)
@@ -207,20 +205,19 @@ class HDMLMethod(TrainingMethod):
         return {
             "loss": logs.pop("j_metric"), **logs, "real_weight": real_weight, "synthetic_weight": 1 - real_weight,
             "lambda0": terms["lambda0"].mean().item(), "pulled_share": terms["pulled"].float().mean().item(),
-            "j_avg": j_avg, "j_gen_avg": j_gen_avg,
+            "j_avg": j_avg, "j_gen_avg": j_gen_avg, "lr": lr,
         }
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {
             "modules": self.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "optimizers": self.optimizers.state_dict(),
             "running": {"j_avg": self.j_avg.state_dict(), "j_gen": self.j_gen.state_dict()},
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         assert self.optimizers, "call configure_optimizers before loading a checkpoint"
         self.load_state_dict(state["modules"])
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+        self.optimizers.load_state_dict(state["optimizers"])
         self.j_avg.load_state_dict(state["running"]["j_avg"])
         self.j_gen.load_state_dict(state["running"]["j_gen"])

@@ -6,37 +6,45 @@ from typing import Any
 import torch
 from torch import nn
 
+from symm.config import OptimizerConfig
 from symm.losses import create_loss
 from symm.methods.base import TrainingMethod
+from symm.optim import build_optimizer, build_scheduler
 
 
 class MetricLossMethod(TrainingMethod):
-    """A plain metric loss (with or without mining/synthesis) and one Adam optimiser."""
+    """A plain metric loss (with or without mining/synthesis), one optimiser and its lr schedule."""
 
     def __init__(self, loss: str, negatives: str = "none", **loss_options: Any) -> None:
         super().__init__()
         self.loss = create_loss(loss, negatives=negatives, **loss_options)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
-    def configure_optimizers(self, model: nn.Module, lr: float, weight_decay: float) -> None:
+    def configure_optimizers(self, model: nn.Module, optim_cfg: OptimizerConfig) -> None:
         params = list(model.parameters()) + list(self.loss.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        self.optimizer = build_optimizer(params, optim_cfg)
+        self.scheduler = build_scheduler(self.optimizer, optim_cfg)
 
     def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> dict[str, float]:
-        assert self.optimizer is not None, "call configure_optimizers first"
+        assert self.optimizer is not None and self.scheduler is not None, "call configure_optimizers first"
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(model(images), labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr in params.yaml")
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.optimizer.lr in params.yaml")
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), **getattr(self.loss, "last_stats", {})}
+        self.scheduler.step()
+        return {"loss": loss.item(), "lr": lr, **getattr(self.loss, "last_stats", {})}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        assert self.optimizer is not None
-        return {"loss": self.loss.state_dict(), "optimizer": self.optimizer.state_dict()}
+        assert self.optimizer is not None and self.scheduler is not None
+        return {"loss": self.loss.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         assert self.optimizer is not None, "call configure_optimizers before loading a checkpoint"
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
