@@ -342,9 +342,10 @@ def _train(data, spec, steps, seed=0, **kw):
     from symm.training import train_trial
 
     return train_trial(
-        method_spec=spec, model_cfg=ModelConfig(backbone="small_cnn", embedding_dim=16, options={"width": 8}),
-        train_cfg=TrainConfig(steps=steps, eval_every=kw.pop("eval_every", steps), optimizer=OptimizerConfig(lr=2e-3),
-                              classes_per_batch=kw.pop("classes_per_batch", 4), augment=True),
+        method_spec=spec, model_cfg=ModelConfig(backbone="small_cnn", embedding_dim=kw.pop("embedding_dim", 16),
+                                                options={"width": kw.pop("width", 8)}),
+        train_cfg=TrainConfig(steps=steps, eval_every=kw.pop("eval_every", steps), optimizer=OptimizerConfig(lr=kw.pop("lr", 2e-3)),
+                              classes_per_batch=kw.pop("classes_per_batch", 4), augment=kw.pop("augment", True)),
         eval_cfg=EvalConfig(ks=[1], batch_size=512), data=data, seed=seed, **kw,
     )
 
