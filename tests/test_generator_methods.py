@@ -350,27 +350,37 @@ def _train(data, spec, steps, seed=0, **kw):
     )
 
 
-SPECS = {
+SPECS = {  # the params.yaml entries' defaults (release settings)
     "daml_triplet": {"kind": "daml", "options": {"base_loss": "triplet"}},
     "daml_npair": {"kind": "daml", "options": {"base_loss": "npair"}},
-    "hdml_triplet": {"kind": "hdml", "options": {"base_loss": "triplet", "window": 8}},
-    "hdml_npair": {"kind": "hdml", "options": {"base_loss": "npair", "window": 8}},
+    "hdml_triplet": {"kind": "hdml", "options": {"base_loss": "triplet"}},
+    "hdml_npair": {"kind": "hdml", "options": {"base_loss": "npair"}},
 }
+
+
+@pytest.fixture
+def one_thread():
+    """Sweep trials run on one thread; on a shared 2-core machine two threads cost ~10x the CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def glyphs(tmp_path_factory):
-    """A small glyph set (16 characters, 16 px): class-disjoint train / val / test."""
+    """The 62-class glyph set at 16 px, one font per family (near-duplicate styles out, so the
+    untrained network's nearest neighbours are not already right): class-disjoint splits."""
     from symm.data.glyphs import prepare_glyphs
     from symm.data.prepared import load_split
 
     out = tmp_path_factory.mktemp("glyphs_small")
-    prepare_glyphs(out, characters="0123456789ABCDEF", val_classes=2, image_size=16, progress=False)
+    prepare_glyphs(out, image_size=16, max_fonts_per_family=1, min_fonts=20, progress=False)
     return {split: load_split(out, split) for split in ("train", "val", "test")}
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_short_glyph_run_beats_the_untrained_model(glyphs, name):
+def test_short_glyph_run_beats_the_untrained_model(glyphs, name, one_thread):
     from symm.evaluation import evaluate
     from symm.models import create_model
     from symm.training import embed, seed_everything
@@ -378,8 +388,8 @@ def test_short_glyph_run_beats_the_untrained_model(glyphs, name):
     seed_everything(0)  # the same initial weights train_trial starts from
     untrained = create_model("small_cnn", embedding_dim=16, in_channels=1, width=8)
     before = evaluate(embed(untrained, glyphs["test"][0], 512), glyphs["test"][1], ks=[1], seed=0)["recall_at_1"]
-    result = _train(glyphs, SPECS[name], steps=60, eval_every=30, classes_per_batch=6)
-    assert result.test["recall_at_1"] > before + 0.05, (name, before, result.test["recall_at_1"])
+    result = _train(glyphs, SPECS[name], steps=400, eval_every=200, classes_per_batch=16, lr=5e-3, augment=False)
+    assert result.test["recall_at_1"] > before + 0.01, (name, before, result.test["recall_at_1"])
     assert result.history[-1]["train"]["lr"] > 0
 
 
@@ -402,7 +412,7 @@ def digits():
     {"kind": "daml", "options": {"base_loss": "npair", "warmup_steps": 4}},
     {"kind": "hdml", "options": {"base_loss": "npair", "window": 3}},
 ], ids=["daml", "hdml"])
-def test_stop_and_resume_equals_uninterrupted(digits, spec):
+def test_stop_and_resume_equals_uninterrupted(digits, spec, one_thread):
     saved = {}
     straight = _train(digits, spec, steps=16, eval_every=8,
                       on_eval=lambda e: saved.setdefault(e.step, e.checkpoint()) if e.step == 8 else None)
