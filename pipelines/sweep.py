@@ -80,7 +80,8 @@ def run_trial(config: dict[str, Any]) -> None:
         if run_id is None:
             options = method_spec.get("options", {})
             mlflow.log_params({"dataset": dataset, "method": method, "seed": seed, "recipe": str(science.recipe),
-                               "loss": options.get("loss", "-"), "negatives": options.get("negatives", "-"),
+                               "kind": method_spec["kind"], "loss": options.get("loss", options.get("base_loss", "-")),
+                               "negatives": options.get("negatives", method_spec["kind"] if method_spec["kind"] != "metric_loss" else "-"),
                                "symm_mode": options.get("symm_mode", "-"), **flatten({
                 "method": method_spec, "model": science.model.model_dump(), "train": science.train.model_dump(),
                 "eval": science.eval.model_dump(), "data": science.data[dataset],

@@ -104,6 +104,19 @@ class _Runner(nn.Module):
             out = self.model(images)
         return out.float()
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone features under the same switches (methods such as HDML that work in
+        feature space call ``features`` and ``embedding`` separately)."""
+        if self.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model.features(images)
+        return out.float()
+
+    @property
+    def embedding(self) -> nn.Module:
+        return self.model.embedding
+
 
 def build_runner(model: nn.Module, *, amp: bool = False, channels_last: bool = False, compile: bool = False,
                  device: torch.device | str = "cpu") -> nn.Module:
@@ -160,7 +173,9 @@ def train_trial(
                          in_channels=data.in_channels, **model_cfg.options).to(device)
     # before the optimiser: channels-last conversion must not leave it holding stale tensors
     runner = build_runner(model, amp=train_cfg.amp, channels_last=channels_last, compile=compile, device=device)
-    method: TrainingMethod = create_method(method_spec["kind"], **method_spec.get("options", {})).to(device)
+    method: TrainingMethod = create_method(method_spec["kind"], **method_spec.get("options", {}))
+    method.setup(model, total_steps=train_cfg.steps, train_labels=torch.as_tensor(data.train_labels))
+    method.to(device)
     method.configure_optimizers(model, train_cfg.optimizer)
     sampler = make_sampler(data.train_labels, train_cfg.classes_per_batch, train_cfg.images_per_class, seed)
     batches = data.train_loader(sampler, steps=train_cfg.steps, seed=seed, device=device)

@@ -1,8 +1,4 @@
-"""Training methods: what one optimisation step does, behind one interface.
-
-The trainer calls only this interface, so methods that own extra modules, optimisers, phases
-or running statistics (DAML, HDML) plug in without branches in the training loop.
-"""
+"""Plain metric losses (with or without mining or symmetrical synthesis): one loss, one optimiser."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,27 +8,8 @@ from torch import nn
 
 from symm.config import OptimizerConfig
 from symm.losses import create_loss
+from symm.methods.base import TrainingMethod
 from symm.optim import build_optimizer, build_scheduler
-from symm.registry import Registry
-
-
-class TrainingMethod(nn.Module):
-    """Base class: owns the loss (and any extra modules), the optimisers and their schedules."""
-
-    def configure_optimizers(self, model: nn.Module, optim_cfg: OptimizerConfig) -> None:
-        """Build optimisers and lr schedulers with symm.optim (same semantics for every method)."""
-        raise NotImplementedError
-
-    def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step: int) -> dict[str, float]:
-        """Run one optimisation step; return scalar logs (loss terms, synthetic share...)."""
-        raise NotImplementedError
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Everything beyond the backbone needed to continue exactly (optimisers, schedulers, running stats)."""
-        raise NotImplementedError
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
 
 
 class MetricLossMethod(TrainingMethod):
@@ -71,12 +48,3 @@ class MetricLossMethod(TrainingMethod):
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-
-
-METHOD_KINDS: Registry[TrainingMethod] = Registry("method kind")
-METHOD_KINDS.register("metric_loss")(MetricLossMethod)
-
-
-def create_method(kind: str, **options: Any) -> TrainingMethod:
-    """Build a method from its params.yaml spec, e.g. kind=metric_loss, loss=npair, negatives=symm."""
-    return METHOD_KINDS.create(kind, **options)
