@@ -83,9 +83,14 @@ class ScienceParams(_Strict):
         return self
 
 
+# Top-level params.yaml sections that are not the training grid's: where things run, and the
+# analyses' own settings (validated by pipelines.analyses).
+OTHER_SECTIONS = ("execution", "analyses")
+
+
 def parse_science_params(raw: dict[str, Any], source: str = "params.yaml") -> ScienceParams:
     """Validate a params mapping, turning pydantic's report into one readable message."""
-    science = {k: v for k, v in raw.items() if k != "execution"}
+    science = {k: v for k, v in raw.items() if k not in OTHER_SECTIONS}
     try:
         return ScienceParams.model_validate(science)
     except ValidationError as err:
