@@ -195,7 +195,12 @@ def test_symm_angular_point4_matches_brute_force(seed):
 # ---------------------------------------------------------------- Symm: point4 / pair16 brute force
 
 
-def brute_triplet(sets, mode, margin, squared=True):
+def kth_smallest(values, rank):
+    """The rank-th hardest (closest) candidate by sorting the explicit list: rank 1 = min."""
+    return sorted(values)[rank - 1]
+
+
+def brute_triplet(sets, mode, margin, squared=True, rank=1):
     dist = d2 if squared else d1
     n = sets.shape[1]
     terms = []
@@ -205,9 +210,9 @@ def brute_triplet(sets, mode, margin, squared=True):
         pos = dist(sets[0, i], sets[1, i])
         if mode == "point4":
             for anchor in (sets[0, i], sets[1, i]):
-                terms.append(max(pos - min(dist(anchor, v) for v in sets[:, j]) + margin, 0))
+                terms.append(max(pos - kth_smallest([dist(anchor, v) for v in sets[:, j]], rank) + margin, 0))
         else:
-            terms.append(max(pos - min(dist(u, v) for u in sets[:, i] for v in sets[:, j]) + margin, 0))
+            terms.append(max(pos - kth_smallest([dist(u, v) for u in sets[:, i] for v in sets[:, j]], rank) + margin, 0))
     return np.mean(terms)
 
 
@@ -243,34 +248,41 @@ def test_symm_semihard_pool_includes_synthetic_points(seed):
 @pytest.mark.parametrize("mode", ["point4", "pair16"])
 def test_symm_lifted_matches_brute_force(seed, mode):
     emb, labels = batch(seed)
-    sets = np_sets(emb, normalize=False)
+    ours = create_loss("lifted", negatives="symm", symm_mode=mode)(emb, labels)
+    np.testing.assert_allclose(ours.item(), brute_lifted(np_sets(emb, normalize=False), mode), rtol=1e-10)
+
+
+def brute_lifted(sets, mode, rank=1):
     n = sets.shape[1]
     terms = []
     for i in range(n):
         if mode == "point4":
-            scores = [1 - min(d1(anchor, v) for v in sets[:, j]) for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
+            scores = [1 - kth_smallest([d1(anchor, v) for v in sets[:, j]], rank)
+                      for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
         else:
-            scores = [1 - min(d1(u, v) for u in sets[:, i] for v in sets[:, j]) for j in range(n) if j != i]
+            scores = [1 - kth_smallest([d1(u, v) for u in sets[:, i] for v in sets[:, j]], rank) for j in range(n) if j != i]
         objective = math.log(sum(math.exp(v) for v in scores)) + d1(sets[0, i], sets[1, i])
         terms.append(max(objective, 0) ** 2 / 2)
-    ours = create_loss("lifted", negatives="symm", symm_mode=mode)(emb, labels)
-    np.testing.assert_allclose(ours.item(), np.mean(terms), rtol=1e-10)
+    return np.mean(terms)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("mode", ["point4", "pair16"])
 def test_symm_contrastive_matches_brute_force(seed, mode):
     emb, labels = batch(seed)
-    sets = np_sets(emb, normalize=True)
+    ours = create_loss("contrastive", negatives="symm", symm_mode=mode)(emb, labels)
+    np.testing.assert_allclose(ours.item(), brute_contrastive(np_sets(emb, normalize=True), mode), rtol=1e-10)
+
+
+def brute_contrastive(sets, mode, rank=1, margin=0.5):
     n = sets.shape[1]
     pos = np.mean([d1(sets[0, i], sets[1, i]) for i in range(n)])
     if mode == "point4":
-        negs = [min(d1(anchor, v) for v in sets[:, j]) for i in range(n) for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
+        negs = [kth_smallest([d1(anchor, v) for v in sets[:, j]], rank)
+                for i in range(n) for anchor in (sets[0, i], sets[1, i]) for j in range(n) if j != i]
     else:
-        negs = [min(d1(u, v) for u in sets[:, i] for v in sets[:, j]) for i in range(n) for j in range(n) if j != i]
-    expected = pos + np.mean([max(0.5 - d, 0) for d in negs])
-    ours = create_loss("contrastive", negatives="symm", symm_mode=mode)(emb, labels)
-    np.testing.assert_allclose(ours.item(), expected, rtol=1e-10)
+        negs = [kth_smallest([d1(u, v) for u in sets[:, i] for v in sets[:, j]], rank) for i in range(n) for j in range(n) if j != i]
+    return pos + np.mean([max(margin - d, 0) for d in negs])
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -281,6 +293,103 @@ def test_contrastive_hardest_matches_explicit_loop(seed):
     hardest = [min(d1(x[i], x[k]) for k in range(len(y)) if y[k] != y[i]) for i in range(len(y))]
     expected = pos + np.mean([max(0.5 - d, 0) for d in hardest])
     np.testing.assert_allclose(create_loss("contrastive", negatives="hardest")(emb, labels).item(), expected, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- level of hardness: the k-th candidate
+
+
+def kth_largest(values, rank):
+    return sorted(values, reverse=True)[rank - 1]
+
+
+def brute_angular(sets, mode, rank):
+    """Symm angular logits by explicit loops, the rank-th largest candidate per entry (t = tan² 45° = 1)."""
+    n = sets.shape[1]
+    logits = np.zeros((n, n))
+    for i, j in itertools.product(range(n), repeat=2):
+        if mode == "official":  # 12 ordered set pairs, diagonal included
+            candidates = [2 * 2 * sets[s, i] @ sets[u, i] if i == j else 4 * (sets[s, i] + sets[u, i]) @ sets[u, j]
+                          for s, u in itertools.permutations(range(4), 2)]
+            logits[i, j] = kth_largest(candidates, rank)
+        elif i == j:
+            logits[i, j] = 2 * 2 * sets[0, i] @ sets[1, i]
+        else:
+            logits[i, j] = kth_largest([4 * (sets[0, i] + sets[1, i]) @ sets[k, j] for k in range(4)], rank)
+    return np_softmax_ce_diag(logits) + np_l2(sets[0], sets[1])
+
+
+def brute_npair(sets, mode, rank):
+    n = sets.shape[1]
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    logits = np.zeros((n, n))
+    for i, j in itertools.product(range(n), repeat=2):
+        if mode == "official":  # the release's 6 set pairs, diagonal included
+            logits[i, j] = kth_largest([sets[s, i] @ sets[t, j] for s, t in pairs], rank)
+        elif i == j:
+            logits[i, j] = sets[0, i] @ sets[1, i]
+        elif mode == "point4":
+            logits[i, j] = kth_largest([sets[0, i] @ v for v in sets[:, j]], rank)
+        else:
+            logits[i, j] = kth_largest([u @ v for u in sets[:, i] for v in sets[:, j]], rank)
+    return np_softmax_ce_diag(logits) + np_l2(sets[0], sets[1])
+
+
+RANKED = [("triplet", "point4", 2), ("triplet", "pair16", 5), ("lifted", "point4", 4), ("lifted", "pair16", 16),
+          ("contrastive", "point4", 3), ("contrastive", "pair16", 2), ("npair", "point4", 3), ("npair", "pair16", 9),
+          ("npair", "official", 2), ("npair", "official", 6), ("angular", "point4", 2), ("angular", "official", 7),
+          ("angular", "official", 12)]
+
+
+@pytest.mark.parametrize("name, mode, rank", RANKED)
+def test_hardness_rank_equals_brute_force_kth_candidate(name, mode, rank):
+    # Reference: explicit loops over the materialised candidate sets, sorted, the rank-th taken.
+    emb, labels = batch(rank, scale=0.4 if name in ("npair", "angular") else 1.0)
+    normalize = name in ("triplet", "contrastive")
+    sets = np_sets(emb, normalize=normalize)
+    expected = {"triplet": lambda: brute_triplet(sets, mode, margin=0.3, rank=rank),
+                "lifted": lambda: brute_lifted(sets, mode, rank=rank),
+                "contrastive": lambda: brute_contrastive(sets, mode, rank=rank),
+                "npair": lambda: brute_npair(sets, mode, rank),
+                "angular": lambda: brute_angular(sets, mode, rank)}[name]()
+    options = {"margin": 0.3} if name == "triplet" else {}
+    loss = create_loss(name, negatives="symm", symm_mode=mode, hardness_rank=rank, **options)
+    np.testing.assert_allclose(loss(emb, labels).item(), expected, rtol=1e-10)
+    if rank > 1:  # and it is a different choice from the hardest one
+        hardest = create_loss(name, negatives="symm", symm_mode=mode, **options)(emb, labels)
+        assert abs(hardest.item() - expected) > 1e-8
+
+
+def test_hardness_rank_synthetic_share_counts_the_kth_choice():
+    # Reference: explicit loops; point4 for triplet, which candidate is 3rd closest from each anchor
+    emb, labels = batch(11)
+    sets = np_sets(emb, normalize=True)
+    n = sets.shape[1]
+    synthetic = []
+    for i, j in itertools.product(range(n), repeat=2):
+        if i != j:
+            for anchor in (sets[0, i], sets[1, i]):
+                order = np.argsort([d2(anchor, v) for v in sets[:, j]])
+                synthetic.append(order[2] >= 2)
+    loss = create_loss("triplet", negatives="symm", symm_mode="point4", hardness_rank=3)
+    loss(emb, labels)
+    assert loss.last_stats["synthetic_share"] == pytest.approx(np.mean(synthetic))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(name="triplet", negatives="symm", symm_mode="point4", hardness_rank=5), r"must be in 1..4 for symm_mode='point4'"),
+    (dict(name="lifted", negatives="symm", symm_mode="pair16", hardness_rank=17), r"must be in 1..16"),
+    (dict(name="npair", negatives="symm", symm_mode="official", hardness_rank=7), r"must be in 1..6"),
+    (dict(name="angular", negatives="symm", symm_mode="official", hardness_rank=13), r"must be in 1..12"),
+    (dict(name="npair", negatives="symm", hardness_rank=0), r"integer >= 1"),
+    (dict(name="npair", negatives="symm", hardness_rank=2.0), r"integer >= 1"),
+    (dict(name="triplet", negatives="hardest", hardness_rank=2), r"needs negatives='symm'"),
+    (dict(name="npair", hardness_rank=2), r"needs negatives='symm'"),
+    (dict(name="semihard_triplet", negatives="symm", hardness_rank=2), r"symm_mode='semihard' picks no k-th candidate"),
+])
+def test_invalid_hardness_rank_raises(options, message):
+    options = dict(options)
+    with pytest.raises(ValueError, match=message):
+        create_loss(options.pop("name"), **options)
 
 
 # ---------------------------------------------------------------- the Gram formulation

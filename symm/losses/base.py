@@ -38,6 +38,7 @@ class PairLoss(nn.Module):
         form: str = "paper",
         rescale_to_axis_norm: bool = False,
         normalize: bool | None = None,
+        hardness_rank: int = 1,
     ) -> None:
         super().__init__()
         if negatives not in NEGATIVE_STRATEGIES:
@@ -60,10 +61,34 @@ class PairLoss(nn.Module):
             raise ValueError("keep_positive=False (a synthetic positive logit) exists only in symm_mode='official'")
         self.negatives = negatives
         self.symm_mode = mode if negatives == "symm" else None
+        self.hardness_rank = self._check_hardness_rank(hardness_rank)
         self.keep_positive = (not official) if keep_positive is None else keep_positive
         self.reflection = dict(alpha=alpha, beta=beta, form=form, rescale_to_axis_norm=rescale_to_axis_norm)
         self.normalize = self.normalize_by_default if normalize is None else normalize
         self.last_stats: dict[str, float] = {}
+
+    def candidate_count(self) -> int | None:
+        """How many candidates the Symm selection ranks per entry (None: not a ranked choice)."""
+        return {"point4": 4, "pair16": 16}.get(self.symm_mode or "")
+
+    def _check_hardness_rank(self, rank: int) -> int:
+        """k of 'the k-th hardest candidate' (1 = the hardest): the paper's level-of-hardness analysis."""
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"hardness_rank must be an integer >= 1, got {rank!r}")
+        if rank == 1:
+            return rank
+        count = self.candidate_count()
+        if count is None:
+            raise ValueError(
+                f"hardness_rank={rank} needs negatives='symm' with a ranked selection (point4, pair16"
+                f"{', official' if 'official' in self.symm_modes else ''}); loss {self.name!r} with "
+                f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r} picks no k-th candidate: use hardness_rank=1"
+            )
+        if not 1 <= rank <= count:
+            raise ValueError(
+                f"hardness_rank must be in 1..{count} for symm_mode={self.symm_mode!r} ({count} candidates), got {rank}"
+            )
+        return rank
 
     def pairs_and_sets(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointSets]:
         anchors, positives, _ = split_pairs(embeddings, labels)
@@ -80,6 +105,20 @@ class PairLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
+
+
+def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the rank-th hardest along ``dim``: largest similarity or smallest distance.
+
+    rank 1 is the max / min (first index wins ties); otherwise ``kthvalue`` (ties between equal
+    values may resolve to either index; the value is the same).
+    """
+    if rank == 1:
+        return candidates.max(dim=dim) if largest else candidates.min(dim=dim)
+    if largest:
+        values, which = (-candidates).kthvalue(rank, dim=dim)
+        return -values, which
+    return candidates.kthvalue(rank, dim=dim)
 
 
 def check_non_negative(**values: float) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from symm.losses.base import PairLoss, check_non_negative
+from symm.losses.base import PairLoss, check_non_negative, kth_hardest
 from symm.losses.pairs import PointSets, point_matrix
 
 INF = float("inf")
@@ -25,18 +25,18 @@ def _set_is_synthetic(n_sets: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n_sets, device=device) >= 2
 
 
-def hardest_of_each_class(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """point4: (2N, N) distance from each real anchor to the closest point of each class, + synthetic flags."""
+def hardest_of_each_class(dist: torch.Tensor, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """point4: (2N, N) distance from each real anchor to the rank-th closest point of each class, + synthetic flags."""
     n_sets, n = dist.shape[1], dist.shape[2]
     anchor_rows = dist[:2].permute(0, 2, 1, 3)  # (2, N, S, N): [s, i, t, j]
-    values, which = anchor_rows.min(dim=2)
+    values, which = kth_hardest(anchor_rows, rank, dim=2, largest=False)
     return values.reshape(2 * n, n), _set_is_synthetic(n_sets, dist.device)[which].reshape(2 * n, n)
 
 
-def hardest_pair_of_classes(dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """pair16: (N, N) smallest distance over u in S_i, v in S_j, + synthetic flags."""
+def hardest_pair_of_classes(dist: torch.Tensor, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """pair16: (N, N) rank-th smallest distance over u in S_i, v in S_j, + synthetic flags."""
     n_sets = dist.shape[0]
-    values, which = dist.flatten(0, 1).min(dim=0)
+    values, which = kth_hardest(dist.flatten(0, 1), rank, dim=0, largest=False)
     synthetic = _set_is_synthetic(n_sets, dist.device)
     return values, synthetic[which // n_sets] | synthetic[which % n_sets]
 
@@ -90,13 +90,13 @@ class TripletLoss(_DistanceLoss):
         dist, positive = self.distances(embeddings, labels)
         n_sets, n = dist.shape[1], dist.shape[2]
         if self.symm_mode == "pair16":
-            negative, synthetic = hardest_pair_of_classes(dist)
+            negative, synthetic = hardest_pair_of_classes(dist, self.hardness_rank)
             off = ~torch.eye(n, dtype=torch.bool, device=dist.device)
             self.record_synthetic(synthetic[off])
             return torch.relu(positive[:, None] - negative + self.margin)[off].mean()
         anchor_positive = positive.repeat(2)  # anchors a_i then p_i
         if self.symm_mode == "point4":
-            negative, synthetic = hardest_of_each_class(dist)
+            negative, synthetic = hardest_of_each_class(dist, self.hardness_rank)
             other = other_class_mask(2, 1, n, dist.device)
             self.record_synthetic(synthetic[other])
             return torch.relu(anchor_positive[:, None] - negative + self.margin)[other].mean()
@@ -154,13 +154,13 @@ class LiftedStructureLoss(_DistanceLoss):
         dist, positive = self.distances(embeddings, labels)
         n = dist.shape[2]
         if self.symm_mode == "pair16":
-            negative, synthetic = hardest_pair_of_classes(dist)
+            negative, synthetic = hardest_pair_of_classes(dist, self.hardness_rank)
             other = ~torch.eye(n, dtype=torch.bool, device=dist.device)
             self.record_synthetic(synthetic[other])
             per_class = torch.where(other, self.margin - negative, -INF)  # (N, N)
         else:
             if self.symm_mode == "point4":
-                negative, synthetic = hardest_of_each_class(dist)  # (2N, N)
+                negative, synthetic = hardest_of_each_class(dist, self.hardness_rank)  # (2N, N)
                 other = other_class_mask(2, 1, n, dist.device)
                 self.record_synthetic(synthetic[other])
             else:
@@ -192,10 +192,10 @@ class ContrastiveLoss(_DistanceLoss):
         dist, positive = self.distances(embeddings, labels)
         n = dist.shape[2]
         if self.symm_mode == "pair16":
-            negative, synthetic = hardest_pair_of_classes(dist)
+            negative, synthetic = hardest_pair_of_classes(dist, self.hardness_rank)
             other = ~torch.eye(n, dtype=torch.bool, device=dist.device)
         elif self.symm_mode == "point4":
-            negative, synthetic = hardest_of_each_class(dist)
+            negative, synthetic = hardest_of_each_class(dist, self.hardness_rank)
             other = other_class_mask(2, 1, n, dist.device)
         else:
             rows = point_matrix(dist)[: 2 * n, : 2 * n]

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from symm.losses.base import PairLoss, check_non_negative
+from symm.losses.base import PairLoss, check_non_negative, kth_hardest
 from symm.losses.pairs import PointSets
 
 # The release's six unordered set pairs over [A, P, S1, S2], in its list order.
@@ -22,9 +22,9 @@ OFFICIAL_SET_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2
 OFFICIAL_ORDERED_PAIRS: tuple[tuple[int, int], ...] = tuple((s, t) for s in range(4) for t in range(4) if s != t)
 
 
-def _max_with_synthetic(candidates: torch.Tensor, synthetic_flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise max over the first dim; which winners are synthetic (first max wins ties)."""
-    values, which = candidates.max(dim=0)
+def _max_with_synthetic(candidates: torch.Tensor, synthetic_flags: torch.Tensor, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise rank-th largest over the first dim (rank 1: the max, first wins ties); which are synthetic."""
+    values, which = kth_hardest(candidates, rank, dim=0, largest=True)
     return values, synthetic_flags.to(which.device)[which]
 
 
@@ -64,17 +64,22 @@ class NPairLoss(_LogitLoss):
     name = "npair"
     symm_modes = ("official", "point4", "pair16")
 
+    def candidate_count(self) -> int | None:
+        return len(OFFICIAL_SET_PAIRS) if self.symm_mode == "official" else super().candidate_count()
+
     def logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.negatives == "none":
             return sets.block(0, 1), None
         if self.symm_mode == "official":
             candidates = torch.stack([sets.block(s, t) for s, t in OFFICIAL_SET_PAIRS])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_SET_PAIRS]))
+            logits, synthetic = _max_with_synthetic(
+                candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_SET_PAIRS]), self.hardness_rank)
         elif self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
             candidates = torch.stack([sets.block(0, t) for t in range(4)])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]))
+            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]), self.hardness_rank)
         else:  # pair16: all 16 cross combinations u in S_i, v in S_j
-            logits, synthetic = _max_with_synthetic(sets.sims.flatten(0, 1), torch.tensor([s >= 2 or t >= 2 for s in range(4) for t in range(4)]))
+            logits, synthetic = _max_with_synthetic(
+                sets.sims.flatten(0, 1), torch.tensor([s >= 2 or t >= 2 for s in range(4) for t in range(4)]), self.hardness_rank)
         if self.keep_positive:
             logits = _with_diagonal(logits, torch.diagonal(sets.block(0, 1)))
         return logits, synthetic
@@ -89,6 +94,9 @@ class AngularLoss(_LogitLoss):
 
     name = "angular"
     symm_modes = ("official", "point4")
+
+    def candidate_count(self) -> int | None:
+        return len(OFFICIAL_ORDERED_PAIRS) if self.symm_mode == "official" else super().candidate_count()
 
     def __init__(self, *, angle: float = 45.0, weight: float = 1.0, **common) -> None:
         super().__init__(**common)
@@ -108,10 +116,11 @@ class AngularLoss(_LogitLoss):
             return self._pair_logits(sets, 0, 1), None
         if self.symm_mode == "official":
             candidates = torch.stack([self._pair_logits(sets, s, t) for s, t in OFFICIAL_ORDERED_PAIRS])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_ORDERED_PAIRS]))
+            logits, synthetic = _max_with_synthetic(
+                candidates, torch.tensor([s >= 2 or t >= 2 for s, t in OFFICIAL_ORDERED_PAIRS]), self.hardness_rank)
         else:  # point4: (a_i + p_i) against the 4 points of S_j
             candidates = torch.stack([4 * self.tan_sq * (sets.block(0, t) + sets.block(1, t)) for t in range(4)])
-            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]))
+            logits, synthetic = _max_with_synthetic(candidates, torch.tensor([False, False, True, True]), self.hardness_rank)
         if self.keep_positive:
             logits = _with_diagonal(logits, 2 * (1 + self.tan_sq) * torch.diagonal(sets.block(0, 1)))
         return logits, synthetic
