@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=ANALYSES.names() + ["all"])
     parser.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml")
     parser.add_argument("--dataset", default=None, help="a prepared dataset (default: analyses.dataset)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="the prepared dataset's folder (default data/prepared/<dataset>)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default reports/analyses/<name>; "
                                                                   "with `all`, its subfolders)")
     parser.add_argument("--smoke-test", action="store_true", help="a few steps, one seed: checks the wiring")
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (module, cfg) in configs.items():
         out = None if args.out is None else (args.out / name if args.name == "all" else args.out)
         try:
-            with analysis_run(name, args.params, args.dataset, out, args.smoke_test, cfg.model_dump()) as ctx:
+            with analysis_run(name, args.params, args.dataset, out, args.smoke_test, cfg.model_dump(),
+                              data_dir=args.data_dir) as ctx:
                 module.run(ctx, cfg)
         except (ValueError, FileNotFoundError) as err:
             print(f"analyses {name}: error: {err}", file=sys.stderr)

@@ -47,6 +47,7 @@ class Context:
     dataset: str
     out_dir: Path
     smoke_test: bool
+    data_dir: Path | None = None
     data: dict[str, Any] = field(default_factory=dict, repr=False)
     data_hash: str = ""
     code_version: str = ""
@@ -61,8 +62,8 @@ class Context:
     def load_data(self) -> None:
         from symm.data.prepared import load_split
 
-        directory = prepared_dir(self.dataset)
-        self.data_hash = data_hash(self.dataset)  # a clear error naming `dvc repro prepare@<name>`
+        directory = self.data_dir or prepared_dir(self.dataset)
+        self.data_hash = data_hash(self.dataset, directory)  # a clear error naming `dvc repro prepare@<name>`
         self.data = {split: load_split(directory, split) for split in ("train", "val", "test")}
 
     def method_options(self, method: str, **overrides: Any) -> dict[str, Any]:
@@ -144,14 +145,14 @@ def pyplot():
 
 @contextmanager
 def analysis_run(name: str, params_path: Path, dataset: str | None, out_dir: Path | None, smoke_test: bool,
-                 config: dict[str, Any]) -> Iterator[Context]:
+                 config: dict[str, Any], data_dir: Path | None = None) -> Iterator[Context]:
     """Context of one analysis: data loaded, MLflow parent run open; writes summary.json at the end."""
     import mlflow
 
     raw = read_params(params_path)
     dataset = dataset or (raw.get("analyses") or {}).get("dataset") or raw["datasets"][0]
     ctx = Context(name=name, params_path=params_path, raw=raw, dataset=dataset,
-                  out_dir=out_dir or REPORTS / name, smoke_test=smoke_test)
+                  out_dir=out_dir or REPORTS / name, smoke_test=smoke_test, data_dir=data_dir)
     ctx.science  # validates params.yaml before any compute
     ctx.load_data()
     ctx.code_version = code_version()
@@ -166,7 +167,7 @@ def analysis_run(name: str, params_path: Path, dataset: str | None, out_dir: Pat
         ctx.mlflow_run = run
         mlflow.log_params(flatten({"analysis": config, "model": raw["model"], "train": raw["train"], "dataset": dataset}))
         yield ctx
-        summary = {"analysis": name, "dataset": dataset, "data_hash": ctx.data_hash, "code_version": ctx.code_version,
+        summary = {"analysis": name, "dataset": dataset, "data_dir": str(ctx.data_dir or prepared_dir(dataset)), "data_hash": ctx.data_hash, "code_version": ctx.code_version,
                    "smoke_test": smoke_test, "config": config, "mlflow_run_id": run.info.run_id,
                    "mlflow_tracking_uri": settings.mlflow_tracking_uri, "seconds": round(time.perf_counter() - start, 1)}
         (ctx.out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))

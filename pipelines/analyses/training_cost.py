@@ -23,7 +23,7 @@ PAPER = {"step_ratio": 0.8866 / 0.8852, "loss_ratio": 0.2497 / 0.2454}
 
 class Setting(Strict):
     name: str
-    backbone: str
+    backbone: str | None = None        # None: the loss alone on random embeddings (no step timing)
     image_size: int | None = None      # None: the dataset's own images
     in_channels: int | None = None     # None: the dataset's
     classes_per_batch: int
@@ -35,6 +35,7 @@ class Setting(Strict):
 
 class Config(Strict):
     settings: list[Setting] = [
+        Setting(name="paper loss (64 pairs, d=512)", classes_per_batch=64, embedding_dim=512, repeats=50, warmup=5),
         Setting(name="paper (GoogLeNet, 64x2, 227 px)", backbone="googlenet", image_size=227, in_channels=3,
                 classes_per_batch=64, embedding_dim=512, repeats=3),
         Setting(name="embedded default", backbone="small_cnn", classes_per_batch=16, embedding_dim=64,
@@ -63,44 +64,49 @@ def measure(setting: Setting, variants: dict[str, dict], data_shape: tuple[int, 
     from symm.models import create_model
 
     torch.manual_seed(0)
-    channels = setting.in_channels or data_shape[0]
-    size = setting.image_size or data_shape[1]
-    model = create_model(setting.backbone, embedding_dim=setting.embedding_dim, in_channels=channels,
-                         **setting.options).to(device).train()
     n = setting.classes_per_batch
-    images = torch.rand(2 * n, channels, size, size, device=device)
     labels = torch.arange(n, device=device).repeat_interleave(2)
     losses = {name: create_loss("npair", **opts) for name, opts in variants.items()}
+    saved: dict[str, int] = {}
+    if setting.backbone is None:
+        model, fixed = None, torch.randn(2 * n, setting.embedding_dim, device=device)
+    else:
+        channels = setting.in_channels or data_shape[0]
+        size = setting.image_size or data_shape[1]
+        model = create_model(setting.backbone, embedding_dim=setting.embedding_dim, in_channels=channels,
+                             **setting.options).to(device).train()
+        images = torch.rand(2 * n, channels, size, size, device=device)
+        with torch.no_grad():
+            fixed = model(images)
 
-    def step(loss) -> None:
+    def step(loss, name: str) -> None:
         model.zero_grad(set_to_none=True)
-        loss(model(images), labels).backward()
-
-    with torch.no_grad():
-        fixed = model(images)
+        out, saved[name] = saved_for_backward_bytes(lambda: loss(model(images), labels))
+        out.backward()
 
     def loss_only(loss) -> None:
         loss(fixed.detach().requires_grad_(True), labels).backward()
 
     samples = {name: {"step": [], "loss": []} for name in variants}
     for round_ in range(setting.warmup + setting.repeats):
-        for name, loss in losses.items():
-            step_s, loss_s = timed(lambda: step(loss), device), timed(lambda: loss_only(loss), device)
+        for name, loss in losses.items():  # interleaved: one step of each variant per round
+            step_s = timed(lambda: step(loss, name), device) if model is not None else float("nan")
+            loss_s = timed(lambda: loss_only(loss), device)
             if round_ >= setting.warmup:
                 samples[name]["step"].append(step_s)
                 samples[name]["loss"].append(loss_s)
     rows = []
     for name, loss in losses.items():
-        _, step_bytes = saved_for_backward_bytes(lambda: loss(model(images), labels))
         emb = fixed.detach().requires_grad_(True)
         _, loss_bytes = saved_for_backward_bytes(lambda: loss(emb, labels))
-        peak = peak_cuda_bytes(lambda: step(loss), device)
+        peak = peak_cuda_bytes(lambda: step(loss, name), device) if model is not None else None
         sizes = matrix_sizes(n, setting.embedding_dim, synthetic=variants[name].get("negatives") == "symm")
         rows.append({"setting": setting.name, "variant": name, "device": device.type,
                      "step_ms": 1000 * statistics.median(samples[name]["step"]),
                      "loss_ms": 1000 * statistics.median(samples[name]["loss"]),
                      "loss_mflops": flops(lambda: loss_only(loss)) / 1e6,
-                     "step_saved_mb": step_bytes / 2**20, "loss_saved_mb": loss_bytes / 2**20,
+                     "step_saved_mb": saved[name] / 2**20 if name in saved else float("nan"),
+                     "loss_saved_mb": loss_bytes / 2**20,
                      "cuda_peak_mb": "" if peak is None else peak / 2**20, **sizes, "repeats": setting.repeats})
     base = rows[0]
     for row in rows:
