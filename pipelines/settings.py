@@ -102,9 +102,9 @@ def prepared_dir(dataset: str) -> Path:
     return REPO_ROOT / "data" / "prepared" / dataset
 
 
-def data_hash(dataset: str) -> str:
+def data_hash(dataset: str, directory: Path | None = None) -> str:
     """A hash of the prepared dataset's manifest, which itself records every file's sha256."""
-    manifest = prepared_dir(dataset) / "manifest.json"
+    manifest = (directory or prepared_dir(dataset)) / "manifest.json"
     if not manifest.exists():
         raise FileNotFoundError(
             f"prepared dataset {dataset!r} not found ({manifest} missing): run `dvc repro prepare@{dataset}`"

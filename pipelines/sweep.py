@@ -29,6 +29,7 @@ from pipelines.settings import (
     prepared_dir,
     read_params,
 )
+from symm.config import OTHER_SECTIONS
 
 RESULTS_PATH = REPO_ROOT / "results" / "sweep.json"
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
-    raw_science = {k: v for k, v in read_params(args.params).items() if k != "execution"}
+    raw_science = {k: v for k, v in read_params(args.params).items() if k not in OTHER_SECTIONS}
     seeds = science.sweep.seeds
     if args.smoke_test:
         raw_science["train"] = {**(raw_science.get("train") or {}), "steps": 20, "eval_every": 10}

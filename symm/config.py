@@ -177,6 +177,11 @@ class ScienceParams(_Strict):
         return self
 
 
+# Top-level params.yaml sections that are not the training grid's: where things run, and the
+# analyses' own settings (validated by pipelines.analyses).
+OTHER_SECTIONS = ("execution", "analyses")
+
+
 # Datasets held in memory as tensors (symm.data.prepared.load_split); every other dataset is a
 # packed image benchmark read through symm.data.loaders.
 IN_MEMORY_DATASETS = frozenset({"glyphs"})
@@ -200,7 +205,7 @@ def resolve_recipe(raw: dict[str, Any]) -> dict[str, Any]:
     ``train:`` (params.yaml, ``dvc exp run -S ++train.steps=2000``) wins. Without ``recipe`` the
     top-level sections must be complete. ``recipes`` itself is dropped after validation.
     """
-    raw = {k: v for k, v in raw.items() if k != "execution"}
+    raw = {k: v for k, v in raw.items() if k not in OTHER_SECTIONS}
     recipes = raw.pop("recipes", None) or {}
     name = raw.get("recipe")
     if not isinstance(recipes, dict):

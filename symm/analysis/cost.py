@@ -1,0 +1,69 @@
+"""What a training step and its loss cost: wall time, matmul FLOPs, memory held for backward.
+
+Memory on CPU has no allocator counter, so the device-independent measure is the bytes of the
+distinct tensor storages autograd saves for backward during the forward (what a step holds until
+``backward``); on CUDA the allocator's peak is measured too. FLOPs come from torch's
+``FlopCounterMode`` (matmuls and convolutions; elementwise work is not counted).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes (device synchronised before and after)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def saved_for_backward_bytes(forward: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Run ``forward``; return its output and the bytes of distinct storages saved for backward."""
+    storages: dict[tuple[int, str], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), str(tensor.device))] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    return out, sum(storages.values())
+
+
+def flops(fn: Callable[[], None]) -> int:
+    """Matmul/convolution FLOPs of one call of ``fn`` (forward and, if it calls it, backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_cuda_bytes(fn: Callable[[], None], device: torch.device) -> int | None:
+    """Allocator peak above the starting allocation during ``fn`` (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - base)
+
+
+def matrix_sizes(n_classes: int, dim: int, synthetic: bool) -> dict[str, int]:
+    """The paper's accounting: points held (2N or 4N rows × d) and similarity entries (N² or (4N)²)."""
+    sets = 4 if synthetic else 2
+    return {"points_matrix": sets * n_classes * dim,
+            "similarity_matrix": (4 * n_classes) ** 2 if synthetic else n_classes**2}
