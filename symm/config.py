@@ -85,7 +85,7 @@ class ScienceParams(_Strict):
 
 def parse_science_params(raw: dict[str, Any], source: str = "params.yaml") -> ScienceParams:
     """Validate a params mapping, turning pydantic's report into one readable message."""
-    science = {k: v for k, v in raw.items() if k != "execution"}
+    science = {k: v for k, v in raw.items() if k not in ("execution", "hpo")}  # validated by pipelines/
     try:
         return ScienceParams.model_validate(science)
     except ValidationError as err:
