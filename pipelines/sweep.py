@@ -257,9 +257,9 @@ def run_hpo(ctx: SweepContext, hpo: HpoSettings, metric: str) -> tuple[list[dict
     final_space = {**ctx.base_config, "phase": "final",
                    "seed": tune.grid_search(hpo.final_seeds),
                    "dm": tune.grid_search([[d, m] for d in ctx.datasets for m in ctx.methods]),
-                   "dataset": tune.sample_from(lambda spec: spec.config["dm"][0]),
-                   "method": tune.sample_from(lambda spec: spec.config["dm"][1]),
-                   "overrides": tune.sample_from(lambda spec: chosen_overrides["/".join(spec.config["dm"])])}
+                   "dataset": tune.sample_from(lambda config: config.dm[0]),
+                   "method": tune.sample_from(lambda config: config.dm[1]),
+                   "overrides": tune.sample_from(lambda config: chosen_overrides["/".join(config.dm)])}
     records = [_trial_record(r) for r in ctx.fit(f"{ctx.name}-final", final_space)]
     return records, {"protocol": "same budget per method; Optuna TPE; selected on validation; "
                                  "best config re-trained per seed, tested once", "selected": chosen,

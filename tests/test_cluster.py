@@ -279,3 +279,34 @@ def test_mlflow_basic_auth_refuses_anonymous_writes_and_accepts_credentials(requ
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     with pytest.raises(PreflightError, match="MLFLOW_TRACKING_USERNAME"):
         check_mlflow(server.uri)
+
+
+def test_fair_search_mode_same_budget_selects_on_validation_and_tests_the_final_runs_once(
+        cluster, mlflow_server, prepared, work):
+    from mlflow.tracking import MlflowClient
+
+    params = tiny_params(["npair", "symm_npair"], [0], steps=20)
+    params["hpo"] = {"enabled": True, "trials_per_method": 2, "search_seed": 0, "final_seeds": [0],
+                     "space": {"train.lr": {"loguniform": [0.0003, 0.003]}}}
+    path = write_params(work / "hpo_params.yaml", params)
+    out = work / "hpo_sweep.json"
+    run = subprocess.run([sys.executable, "-m", "pipelines.sweep", "--params", str(path), "--out", str(out)],
+                         cwd=REPO, env=driver_env(cluster, mlflow_server, prepared, work / "hpo_storage", "hpo"),
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    summary = json.loads(out.read_text())
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("hpo").experiment_id])
+    search = [r for r in runs if r.data.tags.get("phase") == "search"]
+    final = [r for r in runs if r.data.tags.get("phase") == "final"]
+    for method in ("npair", "symm_npair"):
+        mine = [r for r in search if r.data.params["method"] == method]
+        assert len(mine) == 2 == summary["hpo"]["selected"][f"glyphs/{method}"]["trials"]  # the same budget
+        assert not any(k.startswith("test/") for r in mine for k in r.data.metrics)  # search never sees test
+        best = max(mine, key=lambda r: r.data.metrics["best_val/recall_at_1"])  # chosen on validation
+        chosen = summary["hpo"]["selected"][f"glyphs/{method}"]["overrides"]["train.lr"]
+        assert float(best.data.params["hpo.train.lr"]) == pytest.approx(chosen)
+        (final_run,) = [r for r in final if r.data.params["method"] == method]  # one seed -> one test run
+        assert float(final_run.data.params["train.lr"]) == pytest.approx(chosen)
+        assert "test/recall_at_1" in final_run.data.metrics
+    assert sorted((t["method"], t["seed"]) for t in summary["trials"]) == [("npair", 0), ("symm_npair", 0)]
