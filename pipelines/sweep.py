@@ -87,15 +87,20 @@ def run_trial(config: dict[str, Any]) -> None:
                 "eval": science.eval.model_dump(), "data": science.data[dataset],
             })})
 
+        # best validation score so far, in every Tune result: a search algorithm (hpo) reads it each epoch
+        selection = science.eval.selection_metric
+        best_so_far = [resume_state["best_score"] if resume_state else float("-inf")]
+
         def on_eval(event: EvalEvent) -> None:
             metrics = {f"train/{k}": v for k, v in event.train.items()}
             metrics.update({f"val/{k}": v for k, v in event.val.items()})
             mlflow.log_metrics(metrics, step=event.epoch)
+            best_so_far[0] = max(best_so_far[0], event.val[selection])
             with tempfile.TemporaryDirectory() as tmp:
                 state = event.checkpoint()
                 state["mlflow_run_id"] = run.info.run_id
                 torch.save(state, Path(tmp) / "state.pt")
-                tune.report({"epoch": event.epoch, "step": event.step, **metrics},
+                tune.report({"epoch": event.epoch, "step": event.step, "search_score": best_so_far[0], **metrics},
                             checkpoint=tune.Checkpoint.from_directory(tmp))
 
         result = train_trial(method_spec=method_spec, model_cfg=science.model, train_cfg=science.train,
@@ -105,7 +110,7 @@ def run_trial(config: dict[str, Any]) -> None:
             best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
             mlflow.log_metrics({**best_val, "best_step": result.best_step})
             tune.report({"done_training": True, "best_step": result.best_step, "mlflow_run_id": run.info.run_id,
-                         **best_val})
+                         "search_score": result.best_val[selection], **best_val})
             return
         test = {f"test/{k}": v for k, v in result.test.items()}
         best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
@@ -119,7 +124,8 @@ def run_trial(config: dict[str, Any]) -> None:
         mlflow.pytorch.log_model(model, name="model", input_example=example,
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         tune.report({"epoch": result.history[-1]["epoch"] if result.history else 0, "done_training": True,
-                     "best_step": result.best_step, "mlflow_run_id": run.info.run_id, **test,
+                     "best_step": result.best_step, "mlflow_run_id": run.info.run_id,
+                     "search_score": result.best_val[selection], **test,
                      **best_val})
 
 
@@ -244,7 +250,8 @@ def run_hpo(ctx: SweepContext, hpo: HpoSettings, metric: str) -> tuple[list[dict
     records, chosen = [], {}
     for dataset in ctx.datasets:
         for method in ctx.methods:
-            searcher = OptunaSearch(metric=f"best_val/{metric}", mode="max", seed=hpo.search_seed)
+            # search_score: the trial's best validation score so far (reported every epoch, never test)
+            searcher = OptunaSearch(metric="search_score", mode="max", seed=hpo.search_seed)
             space = {**ctx.base_config, "dataset": dataset, "method": method, "seed": hpo.search_seed,
                      "phase": "search", "overrides": search_space(hpo.space)}
             results = ctx.fit(f"{ctx.name}-search-{dataset}-{method}", space, search_alg=searcher,
@@ -257,9 +264,9 @@ def run_hpo(ctx: SweepContext, hpo: HpoSettings, metric: str) -> tuple[list[dict
     final_space = {**ctx.base_config, "phase": "final",
                    "seed": tune.grid_search(hpo.final_seeds),
                    "dm": tune.grid_search([[d, m] for d in ctx.datasets for m in ctx.methods]),
-                   "dataset": tune.sample_from(lambda config: config.dm[0]),
-                   "method": tune.sample_from(lambda config: config.dm[1]),
-                   "overrides": tune.sample_from(lambda config: chosen_overrides["/".join(config.dm)])}
+                   "dataset": tune.sample_from(lambda config: config["dm"][0]),
+                   "method": tune.sample_from(lambda config: config["dm"][1]),
+                   "overrides": tune.sample_from(lambda config: chosen_overrides["/".join(config["dm"])])}
     records = [_trial_record(r) for r in ctx.fit(f"{ctx.name}-final", final_space)]
     return records, {"protocol": "same budget per method; Optuna TPE; selected on validation; "
                                  "best config re-trained per seed, tested once", "selected": chosen,
