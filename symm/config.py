@@ -178,8 +178,8 @@ class ScienceParams(_Strict):
 
 
 # Top-level params.yaml sections that are not the training grid's: where things run, and the
-# analyses' own settings (validated by pipelines.analyses).
-OTHER_SECTIONS = ("execution", "analyses")
+# analyses' and the fair search mode's own settings (validated by pipelines.analyses / pipelines.hpo).
+OTHER_SECTIONS = ("execution", "analyses", "hpo")
 
 
 # Datasets held in memory as tensors (symm.data.prepared.load_split); every other dataset is a

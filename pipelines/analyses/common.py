@@ -63,7 +63,7 @@ class Context:
         from symm.data.prepared import load_split
 
         directory = self.data_dir or prepared_dir(self.dataset)
-        self.data_hash = data_hash(self.dataset, directory)  # a clear error naming `dvc repro prepare@<name>`
+        self.data_hash = data_hash(self.dataset, directory=directory)  # a clear error naming `dvc repro prepare@<name>`
         self.data = {split: load_split(directory, split) for split in ("train", "val", "test")}
 
     def method_options(self, method: str, **overrides: Any) -> dict[str, Any]:
