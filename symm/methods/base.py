@@ -21,11 +21,12 @@ from symm.optim import build_optimizer, build_scheduler
 class TrainingMethod(nn.Module):
     """Base class: owns the loss (and any extra modules) and the optimisers."""
 
-    def setup(self, model: nn.Module, *, total_steps: int, train_labels: torch.Tensor) -> None:
+    def setup(self, model: nn.Module, *, total_steps: int, train_labels: torch.Tensor | Any) -> None:
         """Build what depends on the model or the data (generators, classifiers, phase lengths).
 
         Called once before ``configure_optimizers`` (and before the method is moved to the
-        device). Plain losses need nothing.
+        device). ``model`` is the raw model (with ``features``, ``embedding``, ``feature_dim``);
+        ``train_labels`` every training label (tensor or array). Plain losses need nothing.
         """
 
     def configure_optimizers(self, model: nn.Module, optim_cfg: OptimizerConfig) -> None:

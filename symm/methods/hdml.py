@@ -109,7 +109,7 @@ class HDMLMethod(TrainingMethod):
     def setup(self, model: nn.Module, *, total_steps: int, train_labels: torch.Tensor) -> None:
         feature_dim, embedding_dim = model.feature_dim, model.embedding.out_features
         self.generator = HDMLGenerator(embedding_dim, feature_dim, self.hidden_dim)
-        class_ids = torch.unique(train_labels.cpu())
+        class_ids = torch.unique(torch.as_tensor(train_labels).cpu())  # a tensor or a numpy array
         self.register_buffer("class_ids", class_ids)
         self.classifier = nn.Linear(feature_dim, len(class_ids))  # softmax over the training classes
         nn.init.xavier_uniform_(self.classifier.weight)
