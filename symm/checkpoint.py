@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from symm.data.packed import write_atomic
+
 
 def _fsync_dir(directory: Path) -> None:
     try:
@@ -31,16 +33,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(state, f))
     _fsync_dir(path.parent)
     return path
 

@@ -61,6 +61,8 @@ from fontTools.pens.boundsPen import BoundsPen
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
 
+from symm.data.packed import write_bytes_atomic
+
 DATASET_NAME = "glyphs"
 DEFAULT_CHARACTERS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SPLITS = ("train", "val", "test")
@@ -599,21 +601,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Deterministic .npz (the packed format's writer), atomic replace."""
     from symm.data.packed import npz_bytes
 
-    _atomic_write_bytes(path, npz_bytes(arrays))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a unique temp file in the same directory, then os.replace (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # plain open() so the file gets the usual umask permissions
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, npz_bytes(arrays))
 
 
 def prepare_glyphs(
@@ -700,7 +688,7 @@ def prepare_glyphs(
         "files": files_sha,
     }
     text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    _atomic_write_bytes(out / "manifest.json", text.encode("utf-8"))
+    write_bytes_atomic(out / "manifest.json", text.encode("utf-8"))
     if progress:
         dt = time.perf_counter() - t0
         print(

@@ -32,6 +32,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -83,17 +84,23 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a unique temp file beside ``path``, fsync, then os.replace (atomic on
+    POSIX): a crash midway leaves the previous ``path`` intact and no temp file behind."""
     tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, "wb") as f:  # plain open() so the file gets the usual umask permissions
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda f: f.write(data))
 
 
 class SplitWriter:
