@@ -101,12 +101,17 @@ def baselines_of(method: str, methods: list[str], specs: dict[str, Any] | None =
     specs = specs or {}
     if not _is_symm(method, specs):
         return []
-    loss = ((specs.get(method) or {}).get("options") or {}).get("loss")
+    loss = _loss_of(specs.get(method))
     if loss is None:
         base = baseline_of(method, methods)
         return [base] if base else []
-    return [m for m in methods if m != method and not _is_symm(m, specs)
-            and ((specs.get(m) or {}).get("options") or {}).get("loss") == loss]
+    return [m for m in methods if m != method and not _is_symm(m, specs) and _loss_of(specs.get(m)) == loss]
+
+
+def _loss_of(spec: dict[str, Any] | None) -> str | None:
+    """The base loss of a method spec: `loss` for metric losses, `base_loss` for DAML / HDML."""
+    options = (spec or {}).get("options") or {}
+    return options.get("loss", options.get("base_loss"))
 
 
 def paired_comparisons(records: list[dict[str, Any]], dataset: str,

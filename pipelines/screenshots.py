@@ -145,7 +145,8 @@ class Sweep:
     runs: list[dict[str, Any]]  # child runs: run_id, run_name, method, seed, metric value
 
 
-def latest_sweep(tracking_uri: str, experiment: str = "symm-dml", max_runs: int | None = None) -> Sweep:
+def latest_sweep(tracking_uri: str, experiment: str = "symm-dml", max_runs: int | None = None,
+                 methods: list[str] | None = None) -> Sweep:
     """The newest sweep parent run and its child runs (first seed of each method if max_runs is set)."""
     from mlflow.tracking import MlflowClient
 
@@ -164,6 +165,8 @@ def latest_sweep(tracking_uri: str, experiment: str = "symm-dml", max_runs: int 
              "seed": int(r.data.params.get("seed", 0)), "value": r.data.metrics.get(METRIC)}
             for r in children if METRIC in r.data.metrics]
     runs.sort(key=lambda r: (r["seed"], r["method"]))
+    if methods:  # the methods to show, in this order
+        runs = sorted((r for r in runs if r["method"] in methods), key=lambda r: (r["seed"], methods.index(r["method"])))
     if max_runs is not None:  # one run per method (lowest seed) keeps the comparison readable
         seen: dict[str, dict[str, Any]] = {}
         for r in runs:
@@ -285,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "reports" / "index.html")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images")
     parser.add_argument("--max-runs", type=int, default=6, help="runs in the comparison (one per method)")
+    parser.add_argument("--methods", nargs="*", default=["npair", "symm_npair", "triplet", "symm_triplet",
+                                                         "daml_npair", "hdml_npair"],
+                        help="methods to compare, in this order (none given: every method)")
     args = parser.parse_args(argv)
     problem = browser_missing()
     for path, what in ((args.db, "run `dvc repro` first"), (args.report, "run `dvc repro` first")):
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         db = work / "mlflow.db"
         shutil.copy2(args.db, db)  # the server may migrate the schema: never touch the user's file
         try:
-            sweep = latest_sweep(f"sqlite:///{db}", max_runs=args.max_runs)
+            sweep = latest_sweep(f"sqlite:///{db}", max_runs=args.max_runs, methods=args.methods)
         except ValueError as err:
             print(f"screenshots: error: {err}", file=sys.stderr)
             return 2

@@ -173,3 +173,14 @@ def test_best_on_test_rows_are_labelled_as_a_diagnostic(tmp_path):
     assert f"| symm_{label} | 2 | 60.0 ± 0.0 |" in text and "| 55.9 | +4.1 |" not in text  # no paper delta
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics["cub"]) == {"npair", "symm_npair", label, f"symm_{label}"}
+
+
+def test_symm_is_paired_with_the_generator_baselines_on_its_base_loss():
+    """Reference: the method specs as params.yaml writes them (DAML/HDML name their loss base_loss)."""
+    from pipelines.report import baselines_of
+
+    specs = {"npair": {"kind": "metric_loss", "options": {"loss": "npair", "negatives": "none"}},
+             "symm_npair": {"kind": "metric_loss", "options": {"loss": "npair", "negatives": "symm"}},
+             "daml_npair": {"kind": "daml", "options": {"base_loss": "npair"}},
+             "hdml_triplet": {"kind": "hdml", "options": {"base_loss": "triplet"}}}
+    assert baselines_of("symm_npair", list(specs), specs) == ["npair", "daml_npair"]
