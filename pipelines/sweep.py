@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import preflight
-from symm.config import parse_science_params
 from pipelines.hpo import HpoSettings, apply_overrides, best_overrides, load_hpo, search_space
 from pipelines.resume import fit_or_resume, identify, sweep_key
 from pipelines.settings import (
@@ -35,6 +34,7 @@ from pipelines.settings import (
     prepared_dir,
     read_params,
 )
+from symm.config import parse_science_params
 
 RESULTS_PATH = REPO_ROOT / "results" / "sweep.json"
 
@@ -47,7 +47,6 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     from symm.checkpoint import load_checkpoint, save_checkpoint
-    from symm.config import parse_science_params
     from symm.data.trial import open_prepared
     from symm.training import EvalEvent, train_trial
 

@@ -19,3 +19,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn's bundled 8x8 digits as class-disjoint splits: train 0-5, val 6-7, test 8-9."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    images = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    labels = torch.tensor(labels)
+
+    def take(classes):
+        mask = torch.isin(labels, torch.tensor(classes))
+        return images[mask], labels[mask]
+
+    return {"train": take([0, 1, 2, 3, 4, 5]), "val": take([6, 7]), "test": take([8, 9])}

@@ -358,15 +358,6 @@ SPECS = {  # the params.yaml entries' defaults (release settings)
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Sweep trials run on one thread; on a shared 2-core machine two threads cost ~10x the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def glyphs(tmp_path_factory):
     """The 62-class glyph set at 16 px, one font per family (near-duplicate styles out, so the
@@ -380,7 +371,7 @@ def glyphs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_short_glyph_run_beats_the_untrained_model(glyphs, name, one_thread):
+def test_short_glyph_run_beats_the_untrained_model(glyphs, name, one_torch_thread):
     from symm.evaluation import evaluate
     from symm.models import create_model
     from symm.training import embed, seed_everything
@@ -393,26 +384,11 @@ def test_short_glyph_run_beats_the_untrained_model(glyphs, name, one_thread):
     assert result.history[-1]["train"]["lr"] > 0
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    images, labels = load_digits(return_X_y=True)
-    images = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
-    labels = torch.tensor(labels)
-
-    def take(classes):
-        mask = torch.isin(labels, torch.tensor(classes))
-        return images[mask], labels[mask]
-
-    return {"train": take([0, 1, 2, 3, 4, 5]), "val": take([6, 7]), "test": take([8, 9])}
-
-
 @pytest.mark.parametrize("spec", [
     {"kind": "daml", "options": {"base_loss": "npair", "warmup_steps": 4}},
     {"kind": "hdml", "options": {"base_loss": "npair", "window": 3}},
 ], ids=["daml", "hdml"])
-def test_stop_and_resume_equals_uninterrupted(digits, spec, one_thread):
+def test_stop_and_resume_equals_uninterrupted(digits, spec, one_torch_thread):
     saved = {}
     straight = _train(digits, spec, steps=16, eval_every=8,
                       on_eval=lambda e: saved.setdefault(e.step, e.checkpoint()) if e.step == 8 else None)
@@ -426,7 +402,7 @@ def test_stop_and_resume_equals_uninterrupted(digits, spec, one_thread):
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_hdml_trains_under_the_bf16_and_channels_last_switches(digits, one_thread):
+def test_hdml_trains_under_the_bf16_and_channels_last_switches(digits, one_torch_thread):
     """HDML calls model.features / model.embedding itself: the GPU switches' wrapper must expose
     both (reference: the same trial with the switches off runs; here only finiteness and that the
     backbone moved, since bf16 changes the arithmetic)."""

@@ -8,7 +8,6 @@ compose file; requirements.txt for the pinned versions.
 """
 import copy
 import json
-import os
 import re
 from pathlib import Path
 

@@ -4,7 +4,6 @@ Data: scikit-learn's bundled digits (8×8), split by class like a zero-shot benc
 """
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from symm.config import EvalConfig, ModelConfig, OptimizerConfig, TrainConfig
 from symm.training import train_trial
@@ -12,19 +11,6 @@ from symm.training import train_trial
 METHOD = {"kind": "metric_loss", "options": {"loss": "npair", "negatives": "symm", "symm_mode": "official"}}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    images, labels = load_digits(return_X_y=True)
-    images = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
-    labels = torch.tensor(labels)
-
-    def take(classes):
-        mask = torch.isin(labels, torch.tensor(classes))
-        return images[mask], labels[mask]
-
-    return {"train": take([0, 1, 2, 3, 4, 5]), "val": take([6, 7]), "test": take([8, 9])}
 
 
 def run(digits, steps=30, eval_every=10, seed=0, **kw):

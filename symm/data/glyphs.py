@@ -48,7 +48,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Sequence
