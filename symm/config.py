@@ -167,12 +167,18 @@ class ScienceParams(_Strict):
                     "official (227 px, the paper's) or standard (224 px)"
                 )
         if self.train.images_per_class != 2:
-            kinds = {self.methods[m].kind for m in self.sweep.methods}
-            if "metric_loss" in kinds:
+            m = self.train.images_per_class
+            if m % 2:
                 raise ValueError(
-                    f"train.images_per_class={self.train.images_per_class}: the metric losses take N-pair batches "
-                    "(exactly 2 images per class); set train.images_per_class: 2 (e.g. classes_per_batch: 16 "
-                    "for a batch of 32)"
+                    f"train.images_per_class={m}: the losses read an m-per-class batch as m/2 (anchor, positive) "
+                    "pair sub-batches, so m must be even (2: N-pair batches; 4: MLRC's 8 x 4)"
+                )
+            generators = sorted(m_name for m_name in self.sweep.methods if self.methods[m_name].kind != "metric_loss")
+            if generators:
+                raise ValueError(
+                    f"train.images_per_class={m}: methods {generators} (DAML/HDML) generate from N-pair batches "
+                    "only; set train.images_per_class: 2 (e.g. classes_per_batch: 16 for a batch of 32) or remove "
+                    "them from sweep.methods"
                 )
         return self
 

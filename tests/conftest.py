@@ -36,3 +36,15 @@ def digits():
         return images[mask], labels[mask]
 
     return {"train": take([0, 1, 2, 3, 4, 5]), "val": take([6, 7]), "test": take([8, 9])}
+
+
+@pytest.fixture(scope="session")
+def glyphs(tmp_path_factory):
+    """The 62-class glyph set at 16 px, one font per family (near-duplicate styles out, so the
+    untrained network's nearest neighbours are not already right): class-disjoint splits."""
+    from symm.data.glyphs import prepare_glyphs
+    from symm.data.prepared import load_split
+
+    out = tmp_path_factory.mktemp("glyphs_small")
+    prepare_glyphs(out, image_size=16, max_fonts_per_family=1, min_fonts=20, progress=False)
+    return {split: load_split(out, split) for split in ("train", "val", "test")}

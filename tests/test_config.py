@@ -36,7 +36,7 @@ def test_repository_params_are_valid(params):
         (lambda p: p["recipes"]["paper"]["train"].update(optimiser={}), r"recipes.paper is invalid:\n  - unknown key 'train.optimiser'"),
         (lambda p: p.update(recipe="papr"), r"recipe 'papr' is not defined; defined recipes: \['glyphs', 'mlrc', 'paper'\]"),
         (lambda p: p["train"].update(augmentation="official"), "'official' is an image-benchmark preset but 'glyphs'"),
-        (lambda p: p["train"].update(images_per_class=4), r"exactly 2 images per class\); set train.images_per_class: 2"),
+        (lambda p: p["train"].update(images_per_class=4), r"methods \[.daml_npair., .daml_triplet., .hdml_npair., .hdml_triplet.\] \(DAML/HDML\) generate from N-pair batches"),
         (lambda p: p["data"]["cub"].update(augmentation="official"), "data.cub.augmentation is not read"),
         (lambda p: p["eval"].update(selection="best_on_test"), "'eval.selection'"),
         (lambda p: p["methods"]["npair"]["options"].update(loss="nope"), "methods.npair: unknown loss 'nope'"),

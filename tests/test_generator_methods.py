@@ -358,18 +358,6 @@ SPECS = {  # the params.yaml entries' defaults (release settings)
 }
 
 
-@pytest.fixture(scope="module")
-def glyphs(tmp_path_factory):
-    """The 62-class glyph set at 16 px, one font per family (near-duplicate styles out, so the
-    untrained network's nearest neighbours are not already right): class-disjoint splits."""
-    from symm.data.glyphs import prepare_glyphs
-    from symm.data.prepared import load_split
-
-    out = tmp_path_factory.mktemp("glyphs_small")
-    prepare_glyphs(out, image_size=16, max_fonts_per_family=1, min_fonts=20, progress=False)
-    return {split: load_split(out, split) for split in ("train", "val", "test")}
-
-
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_short_glyph_run_beats_the_untrained_model(glyphs, name, one_torch_thread):
     from symm.evaluation import evaluate

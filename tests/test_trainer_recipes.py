@@ -68,8 +68,9 @@ def test_mlrc_recipe_builds_rmsprop_and_frozen_bn():
     raw = params(recipe="mlrc")
     raw["sweep"] = {**raw["sweep"], "datasets": ["cub"]}
     raw["datasets"] = ["cub"]
-    raw["train"] = {"images_per_class": 2, "classes_per_batch": 16}  # pair losses: 16 x 2 = 32
+    raw["sweep"]["methods"] = ["npair", "symm_npair", "triplet", "symm_triplet"]  # DAML/HDML need 2 per class
     science = parse_science_params(raw)
+    assert (science.train.classes_per_batch, science.train.images_per_class) == (8, 4)  # 32 images, as MLRC
     assert (science.model.backbone, science.model.embedding_dim, science.model.freeze_bn) == ("bn_inception", 128, True)
     method = create_method("metric_loss", loss="npair")
     method.configure_optimizers(create_model("small_cnn", embedding_dim=4, width=2), science.train.optimizer)
@@ -115,6 +116,18 @@ def test_trains_on_a_packed_benchmark_with_the_official_augmentation(fake_cub):
     assert [h["step"] for h in result.history] == [2, 4] and result.selection == "validation"
     assert {"recall_at_1", "nmi", "map_at_r"} <= set(result.test)
     assert all("test_diagnostic" not in h for h in result.history)  # test used once, at the end
+
+
+def test_four_per_class_batches_train_on_a_packed_benchmark(fake_cub):
+    """The mlrc batch shape (m = 4) through the packed loader and the standard augmentation."""
+    data = open_prepared(fake_cub, "standard", num_workers=0)
+    loader = data.train_loader(make_sampler(data.train_labels, 2, 4, 0), steps=1, seed=0, device=torch.device("cpu"))
+    (images, labels), = list(loader)
+    assert tuple(images.shape) == (8, 3, 224, 224) and labels[:4].unique().numel() == 1 and labels[0] != labels[4]
+    cfg = train_cfg(2, augmentation="standard", images_per_class=4)
+    result = train_trial(method_spec=METHOD, model_cfg=SMALL, train_cfg=cfg, eval_cfg=EvalConfig(ks=[1], batch_size=8),
+                         data=data, seed=0)
+    assert [h["step"] for h in result.history] == [2] and 0.0 <= result.history[-1]["train"]["synthetic_share"] <= 1.0
 
 
 def test_resume_from_a_checkpoint_file_is_exact_on_packed_data(fake_cub, tmp_path):

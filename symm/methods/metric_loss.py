@@ -8,6 +8,7 @@ from torch import nn
 
 from symm.config import OptimizerConfig
 from symm.losses import create_loss
+from symm.losses.m_per_class import mean_over_pair_sub_batches
 from symm.methods.base import TrainingMethod
 from symm.optim import build_optimizer, build_scheduler
 
@@ -30,13 +31,14 @@ class MetricLossMethod(TrainingMethod):
         assert self.optimizer is not None and self.scheduler is not None, "call configure_optimizers first"
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(model(images), labels)
+        # m-per-class batches (m > 2) are read as m/2 N-pair sub-batches (symm.losses.m_per_class)
+        loss, stats = mean_over_pair_sub_batches(self.loss, model(images), labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.optimizer.lr in params.yaml")
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": loss.item(), "lr": lr, **getattr(self.loss, "last_stats", {})}
+        return {"loss": loss.item(), "lr": lr, **stats}
 
     def checkpoint_state(self) -> dict[str, Any]:
         assert self.optimizer is not None and self.scheduler is not None
