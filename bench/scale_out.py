@@ -7,20 +7,26 @@ so machine load hits both alike. Reported: wall time per run, the ratio, and the
 overhead per trial = (wall x nodes - sum of the trials' own time_total_s) / trials, i.e. slot
 time not spent inside a trial. Target: 2-node >= 1.6x faster.
 
-    .venv/bin/python bench/scale_out.py [--repeats 2] [--steps 120]
+    .venv/bin/python bench/scale_out.py [--repeats 2] [--steps 120] [--dashboard]
+
+Only the measured cluster runs at a time (started before, stopped after each run; start-up is not
+timed), without the Ray dashboard unless --dashboard.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +36,64 @@ from loopback import LoopbackCluster  # noqa: E402
 METHODS = ["npair", "symm_npair", "triplet", "symm_triplet"]  # x 2 seeds = 8 trials
 
 
+class CpuSampler:
+    """CPU seconds of every process of the cluster and of the sweep driver, sampled every 0.5 s.
+
+    Grouped as trial workers (Ray worker processes, ``ray::...``), Ray daemons (GCS, raylets,
+    agents, monitors) and the driver (``pipelines.sweep``): where the two cores went during a run.
+    """
+
+    def __init__(self, cluster: LoopbackCluster) -> None:
+        self.cluster, self.seen = cluster, {}
+        self._stop = False
+
+    def _group(self, proc: psutil.Process) -> str:
+        cmd = " ".join(proc.cmdline())
+        if "pipelines.sweep" in cmd:
+            return "driver"
+        if proc.name().startswith("ray::") or "default_worker.py" in cmd:
+            return "trial workers"
+        return "ray daemons"
+
+    def sample(self) -> None:
+        procs = self.cluster.processes() | {p for p in psutil.process_iter() if self._is_driver(p)}
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+                group = self.seen.get(key, (None, 0.0))[0] or self._group(proc)
+                self.seen[key] = (group, times.user + times.system)
+
+    @staticmethod
+    def _is_driver(proc: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return "pipelines.sweep" in " ".join(proc.cmdline())
+        return False
+
+    def run(self) -> None:
+        while not self._stop:
+            self.sample()
+            time.sleep(0.5)
+
+    def __enter__(self) -> "CpuSampler":
+        self.sample()
+        self.before = dict(self.seen)
+        self._thread = threading.Thread(target=self.run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+        self.sample()
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, (group, cpu) in self.seen.items():
+            out[group] = out.get(group, 0.0) + cpu - self.before.get(key, (group, 0.0))[1]
+        return {k: round(v, 1) for k, v in sorted(out.items())}
+
+
 def run_sweep(cluster: LoopbackCluster, params: Path, work: Path, tag: str) -> dict:
     out = work / f"{tag}.json"
     env = cluster.full_env()
@@ -37,8 +101,9 @@ def run_sweep(cluster: LoopbackCluster, params: Path, work: Path, tag: str) -> d
                SYMM_PREPARED_ROOT=str(work / "prepared"), SYMM_STORAGE_PATH=str(work / "storage"),
                SYMM_EXPERIMENT_NAME="scale-out", SYMM_MAX_CONCURRENT_TRIALS="8", SYMM_CPUS_PER_TRIAL="1")
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "pipelines.sweep", "--params", str(params), "--out", str(out), "--fresh"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    with CpuSampler(cluster) as cpu:
+        run = subprocess.run([sys.executable, "-m", "pipelines.sweep", "--params", str(params), "--out", str(out),
+                              "--fresh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - start
     if run.returncode != 0:
         raise RuntimeError(run.stdout[-3000:] + run.stderr[-3000:])
@@ -48,13 +113,16 @@ def run_sweep(cluster: LoopbackCluster, params: Path, work: Path, tag: str) -> d
         lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         trial_s.append(lines[-1]["time_total_s"])
     nodes = {t["node_ip"] for t in summary["trials"]}
-    return {"wall_s": wall, "trial_s": trial_s, "nodes_used": sorted(nodes), "trials": len(summary["trials"])}
+    return {"wall_s": wall, "trial_s": trial_s, "nodes_used": sorted(nodes), "trials": len(summary["trials"]),
+            "cpu_s": cpu.totals()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--dashboard", action="store_true",
+                        help="run the Ray dashboard on the head (off: the sweep does not use it; on 2 cores it costs CPU)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scale_out_"))
     subprocess.run([sys.executable, "-m", "pipelines.prepare", "--dataset", "glyphs", "--out",
@@ -65,19 +133,20 @@ def main() -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     load_before = os.getloadavg()
-    clusters = {1: LoopbackCluster(cpus_per_node=1, workers=0), 2: LoopbackCluster(cpus_per_node=1, workers=1)}
     runs: dict[int, list[dict]] = {1: [], 2: []}
-    try:
-        for c in clusters.values():
-            c.start()
-        for i in range(args.repeats):
-            for n in (1, 2) if i % 2 == 0 else (2, 1):  # interleaved, alternating order
-                result = run_sweep(clusters[n], work / "params.yaml", work, f"n{n}-r{i}")
-                runs[n].append(result)
-                print(f"{n}-node run {i}: {result['wall_s']:.1f} s, trials on {result['nodes_used']}", flush=True)
-    finally:
-        for c in clusters.values():
-            c.stop()
+    for i in range(args.repeats):
+        for n in (1, 2) if i % 2 == 0 else (2, 1):  # interleaved, alternating order
+            # only the measured cluster is up: an idle second cluster's daemons would take CPU from
+            # the run on this 2-core machine (they do not exist on real, separate machines)
+            cluster = LoopbackCluster(cpus_per_node=1, workers=n - 1, dashboard=args.dashboard)
+            try:
+                cluster.start()
+                result = run_sweep(cluster, work / "params.yaml", work, f"n{n}-r{i}")
+            finally:
+                cluster.stop()
+            runs[n].append(result)
+            print(f"{n}-node run {i}: {result['wall_s']:.1f} s, trials on {result['nodes_used']}, "
+                  f"CPU s {result['cpu_s']}", flush=True)
     load_after = os.getloadavg()
 
     def overhead(r: dict, nodes: int) -> float:
@@ -85,11 +154,12 @@ def main() -> None:
 
     wall = {n: statistics.median(r["wall_s"] for r in runs[n]) for n in runs}
     print(json.dumps({
-        "trials": 8, "steps": args.steps, "repeats": args.repeats,
+        "trials": 8, "steps": args.steps, "repeats": args.repeats, "dashboard": args.dashboard,
         "wall_s": {f"{n}-node": [round(r["wall_s"], 1) for r in runs[n]] for n in runs},
         "median_wall_s": {f"{n}-node": round(wall[n], 1) for n in runs},
         "speedup_2_vs_1": round(wall[1] / wall[2], 3),
         "mean_trial_s": {f"{n}-node": round(statistics.mean(t for r in runs[n] for t in r["trial_s"]), 2) for n in runs},
+        "cpu_s_per_run": {f"{n}-node": [r["cpu_s"] for r in runs[n]] for n in runs},
         "overhead_per_trial_s": {f"{n}-node": round(statistics.median(overhead(r, n) for r in runs[n]), 2) for n in runs},
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
         "cpus": os.cpu_count(),

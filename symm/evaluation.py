@@ -692,32 +692,27 @@ def _tile_tau(tile: np.ndarray, axis: int, which: np.ndarray, r: np.ndarray) -> 
 def _store_merge(st: _RowState, row: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> None:
     """Insert new candidate negatives into the rows' stores, keeping each row's best R.
 
-    A store row is sorted by (similarity desc, index asc) and padded with (-inf, N).
-    Candidates are inserted in rounds -- each round takes one candidate per row, finds its
-    slot by comparison with the row's store and shifts the tail -- so one call costs
-    O(rounds x rows x width), rounds being the most candidates any row has here.
+    A store row is sorted by (similarity desc, index asc) and padded with (-inf, N). The rows'
+    stored entries and the new candidates are sorted together once by (row, similarity desc,
+    index asc) and the first R of each row written back: O(M log M) for M entries, whatever
+    the number of candidates per row (large classes, as in the glyph sets, bring hundreds).
     """
-    order = np.argsort(row, kind="stable")
-    row, sims, idx = row[order], sims[order], idx[order]
-    nth = np.arange(row.size) - np.searchsorted(row, row, side="left")
-    width = st.store_sim.shape[1]
-    col = np.arange(width)
-    for k in range(int(nth.max()) + 1):
-        pick = nth == k
-        rows, v, j = row[pick], sims[pick], idx[pick]
-        s_old, i_old = st.store_sim[rows], st.store_idx[rows]
-        ahead = (s_old > v[:, None]) | ((s_old == v[:, None]) & (i_old < j[:, None]))
-        slot = ahead.sum(axis=1)[:, None]  # how many stored entries rank before the new one
-        shifted = np.maximum(col - 1, 0)
-        new_s = np.where(col < slot, s_old, np.where(col == slot, v[:, None], s_old[:, shifted]))
-        new_i = np.where(col < slot, i_old, np.where(col == slot, j[:, None], i_old[:, shifted]))
-        beyond = col >= st.r[rows][:, None]  # keep only the best R
-        new_s[beyond] = -np.inf
-        new_i[beyond] = st.n
-        st.store_sim[rows] = new_s
-        st.store_idx[rows] = new_i
-    rows = row[nth == 0]
-    st.store_n[rows] = np.minimum(st.r[rows], st.store_n[rows] + np.bincount(row)[rows])
+    rows, new_n = np.unique(row, return_counts=True)
+    old_n = st.store_n[rows]
+    old_row = np.repeat(rows, old_n)
+    slot = np.arange(old_row.size) - np.repeat(np.cumsum(old_n) - old_n, old_n)
+    all_row = np.concatenate([old_row, row])
+    all_sim = np.concatenate([st.store_sim[old_row, slot], sims])
+    all_idx = np.concatenate([st.store_idx[old_row, slot], idx])
+    order = np.lexsort((all_idx, -all_sim, all_row))
+    all_row, all_sim, all_idx = all_row[order], all_sim[order], all_idx[order]
+    rank = np.arange(all_row.size) - np.searchsorted(all_row, all_row, side="left")
+    keep = rank < st.r[all_row]
+    st.store_sim[rows] = -np.inf
+    st.store_idx[rows] = st.n
+    st.store_sim[all_row[keep], rank[keep]] = all_sim[keep]
+    st.store_idx[all_row[keep], rank[keep]] = all_idx[keep]
+    st.store_n[rows] = np.minimum(st.r[rows], old_n + new_n)
     full = rows[st.store_n[rows] == st.r[rows]]
     weakest_pos = st.pos_sim[full, st.r[full] - 1]
     st.cut[full] = np.maximum(weakest_pos, st.store_sim[full, st.r[full] - 1])

@@ -113,6 +113,7 @@ class LoopbackCluster:
     cpus_per_node: int = 1
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    dashboard: bool = True  # `ray job submit` needs it; a sweep run through RAY_ADDRESS does not
     root: Path = field(init=False)  # short, under /tmp: Ray's socket paths are length-limited
     gcs_address: str = field(init=False, default="")
     dashboard_url: str = field(init=False, default="")
@@ -145,7 +146,7 @@ class LoopbackCluster:
         gcs_port, dash_port, client_port = free_ports(3)
         env = self.full_env()
         head_cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--node-ip-address={HEAD_IP}",
-                    f"--port={gcs_port}", f"--ray-client-server-port={client_port}", "--include-dashboard=true",
+                    f"--port={gcs_port}", f"--ray-client-server-port={client_port}", f"--include-dashboard={str(self.dashboard).lower()}",
                     f"--dashboard-host={HEAD_IP}", f"--dashboard-port={dash_port}",
                     f"--temp-dir={self.root / 'head'}", *self._node_args((gcs_port, dash_port, client_port))]
         self._spawn(head_cmd, env, "head")
@@ -160,7 +161,8 @@ class LoopbackCluster:
                           f"--temp-dir={self.root / f'worker{i}'}", *self._node_args()]
             self._spawn(worker_cmd, env, f"worker{i}")
         self._wait_nodes(1 + self.workers, timeout_s)
-        self._wait_http(self.dashboard_url + "/api/version", timeout_s)
+        if self.dashboard:
+            self._wait_http(self.dashboard_url + "/api/version", timeout_s)
         return self
 
     def _spawn(self, cmd: list[str], env: dict[str, str], name: str) -> None:
