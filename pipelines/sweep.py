@@ -57,9 +57,6 @@ def run_trial(config: dict[str, Any]) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and config["gpus_per_trial"] > 0 else "cpu")
     data = open_prepared(config["data_dirs"][dataset], science.train.augmentation,
                          num_workers=config["loader_workers"])
-    if searching:  # the trainer's final pass then re-scores validation: no test image is ever embedded
-        embed_split = data.embed
-        data.embed = lambda model, split, **kw: embed_split(model, "val" if split == "test" else split, **kw)
     method_spec = science.methods[method].model_dump()
     selection = science.eval.selection
     diagnostic = selection == "best_on_test_diagnostic"
@@ -120,7 +117,8 @@ def run_trial(config: dict[str, Any]) -> None:
         result = train_trial(method_spec=method_spec, model_cfg=science.model, train_cfg=science.train,
                              eval_cfg=science.eval, data=data, seed=seed, device=device,
                              on_eval=on_eval, resume_state=resume_state,
-                             channels_last=config["channels_last"], compile=config["compile"])
+                             channels_last=config["channels_last"], compile=config["compile"],
+                             final_test=not searching)  # a search trial never embeds a test image
         if searching:
             best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
             mlflow.log_metrics({**best_val, "best_step": result.best_step})
@@ -131,8 +129,7 @@ def run_trial(config: dict[str, Any]) -> None:
         best_val = {f"best_val/{k}": v for k, v in result.best_val.items()}
         mlflow.log_metrics({**test, **best_val, "best_step": result.best_step})
         with tempfile.TemporaryDirectory() as tmp:  # test embeddings of the selected model, for the report's map
-            test_embeddings, test_labels = data.embed(result.runner, "test", batch_size=science.eval.batch_size,
-                                                      device=device)  # as evaluated (amp, channels-last)
+            test_embeddings, test_labels = result.test_embeddings  # as evaluated (amp, channels-last)
             np.savez(Path(tmp) / "test.npz", embeddings=test_embeddings.cpu().numpy(), labels=test_labels.cpu().numpy())
             mlflow.log_artifact(str(Path(tmp) / "test.npz"), artifact_path="embeddings")
         example = data.example(2)

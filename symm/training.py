@@ -58,6 +58,8 @@ class TrialResult:
     model: nn.Module = field(repr=False)
     selection: str = "validation"
     runner: nn.Module | None = field(default=None, repr=False)  # the model as evaluated (GPU switches applied)
+    # the final pass's test embeddings and labels (None when the trial ran with final_test=False)
+    test_embeddings: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -159,11 +161,13 @@ def train_trial(
     resume_state: dict[str, Any] | None = None,
     channels_last: bool = False,
     compile: bool = False,
+    final_test: bool = True,
 ) -> TrialResult:
     """Train, keep the selected weights (best on validation by default), evaluate them on the test classes.
 
     ``channels_last`` and ``compile`` are execution switches (same arithmetic up to rounding);
-    ``train_cfg.amp`` (bf16) changes the arithmetic and is a science setting.
+    ``train_cfg.amp`` (bf16) changes the arithmetic and is a science setting. ``final_test=False``
+    (a hyperparameter search's trials) never embeds a test image: ``test`` is then empty.
     """
     data = _as_data(data, train_cfg)
     seed_everything(seed)
@@ -204,8 +208,12 @@ def train_trial(
             "best_val": best_val, "history": history,
         })
 
-    def evaluate_split(split: str, progress: bool | None = False) -> dict[str, float]:
-        embeddings, labels = data.embed(runner, split, batch_size=eval_cfg.batch_size, device=device)
+    def embed_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.embed(runner, split, batch_size=eval_cfg.batch_size, device=device)
+
+    def evaluate_split(split: str, progress: bool | None = False,
+                       embedded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+        embeddings, labels = embedded if embedded is not None else embed_split(split)
         return evaluate(embeddings, labels, ks=eval_cfg.ks, seed=seed, progress=progress)
 
     running: dict[str, list[float]] = {}
@@ -231,6 +239,8 @@ def train_trial(
                 on_eval(EvalEvent(step, epoch, train_logs, val, is_best, checkpoint, test))
 
     model.load_state_dict(best_weights)
-    test = evaluate_split("test", progress=None)  # a progress bar on a terminal (not in Ray's worker logs)
+    test_embeddings = embed_split("test") if final_test else None
+    # a progress bar on a terminal (not in Ray's worker logs)
+    test = evaluate_split("test", progress=None, embedded=test_embeddings) if final_test else {}
     return TrialResult(best_step=best_step, best_val=best_val, test=test, history=history, model=model,
-                       selection=selection, runner=runner)
+                       selection=selection, runner=runner, test_embeddings=test_embeddings)

@@ -82,3 +82,20 @@ def test_best_on_test_is_only_a_labelled_diagnostic(digits):
     assert diag.best_step == diag.history[test_r1.index(max(test_r1))]["step"]
     assert diag.test["recall_at_1"] == max(test_r1)
     assert [h["val"] for h in diag.history] == [h["val"] for h in fair.history]  # same training, other pick
+
+
+def test_a_search_trial_never_embeds_a_test_image(digits):
+    """final_test=False (the fair search mode's trials): every embedding pass is on validation."""
+    from symm.data.trial import InMemoryData
+
+    data = InMemoryData(digits, augmentation="affine")
+    seen = []
+    embed = data.embed
+    data.embed = lambda model, split, **kw: seen.append(split) or embed(model, split, **kw)
+    searched = run(data, steps=20, final_test=False)
+    assert seen == ["val", "val"] and searched.test == {} and searched.test_embeddings is None
+    seen.clear()
+    full = run(data, steps=20)
+    assert seen == ["val", "val", "test"] and full.best_val == searched.best_val
+    embeddings, labels = full.test_embeddings  # the final pass's, as scored
+    assert embeddings.shape == (len(digits["test"][1]), 16) and torch.equal(labels, digits["test"][1])
