@@ -100,21 +100,25 @@ def run_sweep(cluster: LoopbackCluster, params: Path, work: Path, tag: str) -> d
     env.update(RAY_ADDRESS=cluster.gcs_address, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
                SYMM_PREPARED_ROOT=str(work / "prepared"), SYMM_STORAGE_PATH=str(work / "storage"),
                SYMM_EXPERIMENT_NAME="scale-out", SYMM_MAX_CONCURRENT_TRIALS="8", SYMM_CPUS_PER_TRIAL="1")
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     with CpuSampler(cluster) as cpu:
         run = subprocess.run([sys.executable, "-m", "pipelines.sweep", "--params", str(params), "--out", str(out),
                               "--fresh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
-    wall = time.perf_counter() - start
+    wall, ended_at = time.perf_counter() - start, time.time()
     if run.returncode != 0:
         raise RuntimeError(run.stdout[-3000:] + run.stderr[-3000:])
     summary = json.loads(out.read_text())
-    trial_s = []
+    trial_s, spans = [], []
     for path in (work / "storage" / summary["sweep"]).glob("*/result.json"):
         lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         trial_s.append(lines[-1]["time_total_s"])
+        spans.append((lines[-1]["timestamp"] - lines[-1]["time_total_s"], lines[-1]["timestamp"]))  # (1 s resolution)
     nodes = {t["node_ip"] for t in summary["trials"]}
     return {"wall_s": wall, "trial_s": trial_s, "nodes_used": sorted(nodes), "trials": len(summary["trials"]),
-            "cpu_s": cpu.totals()}
+            "cpu_s": cpu.totals(),
+            # serial parts: driver start (imports, Ray connect, preflight, MLflow) -> first trial starts,
+            # last trial ends -> driver exits (summary, model registry)
+            "startup_s": round(min(a for a, _ in spans) - started_at, 1), "tail_s": round(ended_at - max(b for _, b in spans), 1)}
 
 
 def main() -> None:
@@ -145,8 +149,8 @@ def main() -> None:
             finally:
                 cluster.stop()
             runs[n].append(result)
-            print(f"{n}-node run {i}: {result['wall_s']:.1f} s, trials on {result['nodes_used']}, "
-                  f"CPU s {result['cpu_s']}", flush=True)
+            print(f"{n}-node run {i}: {result['wall_s']:.1f} s (start-up {result['startup_s']} s, tail "
+                  f"{result['tail_s']} s), trials on {result['nodes_used']}, CPU s {result['cpu_s']}", flush=True)
     load_after = os.getloadavg()
 
     def overhead(r: dict, nodes: int) -> float:
@@ -160,6 +164,8 @@ def main() -> None:
         "speedup_2_vs_1": round(wall[1] / wall[2], 3),
         "mean_trial_s": {f"{n}-node": round(statistics.mean(t for r in runs[n] for t in r["trial_s"]), 2) for n in runs},
         "cpu_s_per_run": {f"{n}-node": [r["cpu_s"] for r in runs[n]] for n in runs},
+        "startup_s": {f"{n}-node": [r["startup_s"] for r in runs[n]] for n in runs},
+        "tail_s": {f"{n}-node": [r["tail_s"] for r in runs[n]] for n in runs},
         "overhead_per_trial_s": {f"{n}-node": round(statistics.median(overhead(r, n) for r in runs[n]), 2) for n in runs},
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
         "cpus": os.cpu_count(),
