@@ -130,7 +130,8 @@ def _first_best(candidates: torch.Tensor, dim: int, largest: bool) -> tuple[torc
     shape = [1] * candidates.dim()
     shape[dim] = count
     order = torch.arange(count, dtype=candidates.dtype, device=candidates.device).view(shape)
-    which = (torch.sign(gap) * count).add_(order).amin(dim).nan_to_num_(0.0)  # a NaN input gives index 0 (and a NaN loss), not an error
+    # in place: on CPU each fresh full-size temporary costs page faults that dwarf the arithmetic
+    which = gap.sign_().mul_(count).add_(order).amin(dim).nan_to_num_(0.0)  # a NaN input gives index 0 (and a NaN loss), not an error
     return best.squeeze(dim), which.long()
 
 

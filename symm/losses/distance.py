@@ -28,11 +28,9 @@ def real_distances(sets: PointSets, squared: bool) -> torch.Tensor:
     return to_distance((sq[:, None] + sq[None, :]) - 2 * gram, squared)
 
 
-def _selected_distances(sets: PointSets, row_sets: torch.Tensor, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
-    """D(X_r[i], X_t[j]) with autograd on the (..., N, N) grid of chosen sets."""
-    classes = torch.arange(sets.n_classes, device=row_sets.device)
-    sq = sets.sq_norms[row_sets, classes[:, None]] + sets.sq_norms[col_sets, classes[None, :]]
-    return to_distance(sq - 2 * sets.grid_sims(row_sets, col_sets), squared)
+def _selected_distances(sets: PointSets, row_sets: torch.Tensor | None, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
+    """D(X_r[i], X_t[j]) with autograd on the (..., N, N) grid of chosen sets (row_sets None: batch b = real set b)."""
+    return to_distance(sets.grid_sq_distances(row_sets, col_sets), squared)
 
 
 def hardest_of_each_class(sets: PointSets, squared: bool, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,8 +46,7 @@ def hardest_of_each_class(sets: PointSets, squared: bool, rank: int = 1) -> tupl
         cands = sets.candidates(pairs).view(2, n_sets, n, n)  # [r, t, i, j]
         d2 = sq[None, :, None, :] - 2 * cands  # + ||X_r[i]||², the same for every t
         which = kth_hardest(d2, rank, dim=1, largest=False)[1]  # (2, N, N)
-        rows = torch.arange(2, device=which.device)[:, None, None].expand_as(which)
-    values = _selected_distances(sets, rows, which, squared)
+    values = _selected_distances(sets, None, which, squared)  # rows: a_i for batch 0, p_i for batch 1
     return values.reshape(2 * n, n), (which >= 2).reshape(2 * n, n)
 
 

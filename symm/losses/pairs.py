@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from symm.losses.grid import grid_values
+
 
 class _Gram(torch.autograd.Function):
     """R · Rᵀ whose backward is one matmul, (G + Gᵀ) · R, instead of autograd's two."""
@@ -106,7 +108,9 @@ class PointSets:
         self.sq_norms = sq_norms
         self.ap = ap
         self._gram: torch.Tensor | None = None
+        self._gram_rows: torch.Tensor | None = None
         self._anchor_gram: torch.Tensor | None = None
+        self._anchor_gram_rows: torch.Tensor | None = None
 
     @property
     def n_sets(self) -> int:
@@ -121,8 +125,17 @@ class PointSets:
         """(2, 2, N, N) Gram blocks K[k, l] = R_k · R_lᵀ of R = [A; P], one matmul."""
         if self._gram is None:
             n = self.n_classes
-            self._gram = gram_matrix(torch.cat(self.real)).view(2, n, 2, n).transpose(1, 2)
+            self._gram_rows = gram_matrix(torch.cat(self.real))
+            self._gram = self._gram_rows.view(2, n, 2, n).transpose(1, 2)
         return self._gram
+
+    def gram_rows(self, anchors_only: bool = False) -> torch.Tensor:
+        """The Gram as a (kr·N, 2N) matrix: rows [A; P] (or A only), columns [A; P]."""
+        if anchors_only and self._gram is None:
+            self.anchor_gram()
+            return self._anchor_gram_rows
+        self.gram
+        return self._gram_rows
 
     def anchor_gram(self) -> torch.Tensor:
         """(1, 2, N, N): [A·Aᵀ, A·Pᵀ] only (half the matmul), for selections whose rows are the anchors."""
@@ -131,7 +144,8 @@ class PointSets:
         if self._anchor_gram is None:
             n = self.n_classes
             anchors = self.real[0]
-            self._anchor_gram = (anchors @ torch.cat(self.real).T).view(1, n, 2, n).transpose(1, 2)
+            self._anchor_gram_rows = anchors @ torch.cat(self.real).T
+            self._anchor_gram = self._anchor_gram_rows.view(1, n, 2, n).transpose(1, 2)
         return self._anchor_gram
 
     def extend(self, coef: torch.Tensor) -> int:
@@ -167,8 +181,20 @@ class PointSets:
                     out[c].addcmul_(row_terms[s][1], coef[t, 1])
         return out
 
-    def grid_sims(self, row_sets: torch.Tensor, col_sets: torch.Tensor, anchors_only: bool = False) -> torch.Tensor:
-        """X_r[i] · X_t[j] with autograd, r = row_sets[..., i, j], t = col_sets[..., i, j] (shape (..., N, N))."""
+    def grid_sims(self, row_sets: torch.Tensor | None, col_sets: torch.Tensor, anchors_only: bool = False) -> torch.Tensor:
+        """X_r[i] · X_t[j] with autograd, r = row_sets[..., i, j], t = col_sets[..., i, j] (shape (..., N, N)).
+
+        One autograd node with a closed-form backward (``symm.losses.grid``). ``row_sets=None``:
+        batch b of ``col_sets`` (B, N, N) has the real set b as rows.
+        """
+        return grid_values(self.gram_rows(anchors_only), self.coef, None, row_sets, col_sets)
+
+    def grid_sq_distances(self, row_sets: torch.Tensor | None, col_sets: torch.Tensor) -> torch.Tensor:
+        """||X_r[i] − X_t[j]||² with autograd on the grid of chosen sets (as ``grid_sims``), before clamping."""
+        return grid_values(self.gram_rows(), self.coef, self.sq_norms, row_sets, col_sets, scale=-2.0)
+
+    def grid_sims_autograd(self, row_sets: torch.Tensor, col_sets: torch.Tensor, anchors_only: bool = False) -> torch.Tensor:
+        """``grid_sims`` written with autograd (the reference the fused node is tested against)."""
         gram = self.anchor_gram() if anchors_only else self.gram
         n, kr = self.n_classes, gram.shape[0]
         classes = torch.arange(n, device=row_sets.device)
