@@ -117,36 +117,45 @@ class PairLoss(nn.Module):
         return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
 
 
-def _first_best(candidates: torch.Tensor, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_best(candidates: torch.Tensor, dim: int, largest: bool, scratch: bool = False,
+                float_index: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """max / min with the first winning index, in float arithmetic only.
 
     torch's CPU ``max(dim)`` with indices, ``argmax`` and integer/bool reductions are scalar
     loops, 30-200x slower than the vectorised ``amax``: the index is the smallest k among the
-    winners, found as amin over k + count·sign(gap).
+    winners, found as amin over k + count·sign(gap). ``scratch``: ``candidates`` may be
+    overwritten (no full-size temporary: on CPU each fresh one costs page faults that dwarf
+    the arithmetic). ``float_index``: return the index as floats (exact small integers).
     """
     best = candidates.amax(dim, keepdim=True) if largest else candidates.amin(dim, keepdim=True)
-    gap = best - candidates if largest else candidates - best  # >= 0, 0 at the winners
+    if scratch:  # gap >= 0, 0 at the winners
+        gap = candidates.sub_(best).neg_() if largest else candidates.sub_(best)
+    else:
+        gap = best - candidates if largest else candidates - best
     count = candidates.shape[dim]
     shape = [1] * candidates.dim()
     shape[dim] = count
     order = torch.arange(count, dtype=candidates.dtype, device=candidates.device).view(shape)
-    # in place: on CPU each fresh full-size temporary costs page faults that dwarf the arithmetic
     which = gap.sign_().mul_(count).add_(order).amin(dim).nan_to_num_(0.0)  # a NaN input gives index 0 (and a NaN loss), not an error
-    return best.squeeze(dim), which.long()
+    return best.squeeze(dim), which if float_index else which.long()
 
 
-def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool, scratch: bool = False,
+                float_index: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the rank-th hardest along ``dim``: largest similarity or smallest distance.
 
     rank 1 is the max / min (first index wins ties); otherwise ``kthvalue`` (ties between equal
-    values may resolve to either index; the value is the same).
+    values may resolve to either index; the value is the same). ``scratch`` / ``float_index``:
+    as ``_first_best`` (rank 1 only; other ranks ignore ``scratch``).
     """
     if rank == 1:
-        return _first_best(candidates, dim, largest)
+        return _first_best(candidates, dim, largest, scratch, float_index)
     if largest:
         values, which = (-candidates).kthvalue(rank, dim=dim)
-        return -values, which
-    return candidates.kthvalue(rank, dim=dim)
+        values = -values
+    else:
+        values, which = candidates.kthvalue(rank, dim=dim)
+    return values, which.to(candidates.dtype) if float_index else which
 
 
 def check_non_negative(**values: float) -> None:

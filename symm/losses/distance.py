@@ -44,8 +44,8 @@ def hardest_of_each_class(sets: PointSets, squared: bool, rank: int = 1) -> tupl
     with torch.no_grad():
         sq = sets.sq_norms.detach()
         cands = sets.candidates(pairs).view(2, n_sets, n, n)  # [r, t, i, j]
-        d2 = sq[None, :, None, :] - 2 * cands  # + ||X_r[i]||², the same for every t
-        which = kth_hardest(d2, rank, dim=1, largest=False)[1]  # (2, N, N)
+        d2 = cands.mul_(-2).add_(sq[None, :, None, :])  # in place; + ||X_r[i]||², the same for every t
+        which = kth_hardest(d2, rank, dim=1, largest=False, scratch=True, float_index=True)[1]  # (2, N, N)
     values = _selected_distances(sets, None, which, squared)  # rows: a_i for batch 0, p_i for batch 1
     return values.reshape(2 * n, n), (which >= 2).reshape(2 * n, n)
 
@@ -56,11 +56,12 @@ def hardest_pair_of_classes(sets: PointSets, squared: bool, rank: int = 1) -> tu
     pairs = [(r, t) for r in range(n_sets) for t in range(n_sets)]
     with torch.no_grad():
         sq = sets.sq_norms.detach()
-        d2 = sq.repeat_interleave(n_sets, 0)[:, :, None] + sq.repeat(n_sets, 1)[:, None, :] - 2 * sets.candidates(pairs)
-        which = kth_hardest(d2, rank, dim=0, largest=False)[1]
-    rows, cols = which // n_sets, which % n_sets
-    synthetic = torch.tensor([float(r >= 2 or t >= 2) for r, t in pairs], device=which.device)
-    return _selected_distances(sets, rows, cols, squared), torch.take(synthetic, which)
+        d2 = sets.candidates(pairs).mul_(-2).add_(sq.repeat_interleave(n_sets, 0)[:, :, None]).add_(sq.repeat(n_sets, 1)[:, None, :])
+        which = kth_hardest(d2, rank, dim=0, largest=False, scratch=True, float_index=True)[1]
+        rows = torch.div(which, n_sets, rounding_mode="floor")  # float arithmetic: exact for these small integers
+        cols = which - n_sets * rows
+    synthetic = ((rows >= 2) | (cols >= 2)).float()
+    return _selected_distances(sets, rows, cols, squared), synthetic
 
 
 def pool_distances(sets: PointSets, squared: bool) -> torch.Tensor:

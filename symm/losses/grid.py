@@ -17,6 +17,14 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+def _flat_index(sets: torch.Tensor, n: int, row: bool) -> torch.Tensor:
+    """s·N + class per entry, flattened; float set indices (exact small integers) are combined in
+    float and converted once (int64 arithmetic on the grid is a scalar loop on CPU)."""
+    classes = torch.arange(n, device=sets.device, dtype=sets.dtype if sets.is_floating_point() else torch.long)
+    flat = (sets * n).add_(classes[:, None] if row else classes).reshape(-1)
+    return flat.long() if flat.is_floating_point() else flat
+
+
 class GridSims(torch.autograd.Function):
     """(gram_rows, coef, sq) -> V with V[b,i,j] = scale · X_r[i]·X_t[j] (+ ||X_r[i]||² + ||X_t[j]||² if sq).
 
@@ -24,7 +32,7 @@ class GridSims(torch.autograd.Function):
     ``coef``: (S, 2, N) set coefficients; ``sq``: (S, N) squared norms or None.
     ``row_sets``: (B, N, N) chosen row set per entry, or None for "batch b's rows are the real
     set b" (B = kr; the real sets' coefficients are the constant identity and get no gradient).
-    ``col_sets``: (B, N, N) chosen column set per entry.
+    ``col_sets``: (B, N, N) chosen column set per entry. Set indices may be integer or float tensors.
     """
 
     @staticmethod
@@ -33,9 +41,8 @@ class GridSims(torch.autograd.Function):
         n_sets, _, n = coef.shape
         kr = gram_rows.shape[0] // n
         gram = gram_rows.view(kr, n, 2, n).transpose(1, 2)  # K[k, l, i, j]
-        classes = torch.arange(n, device=coef.device)
         by_source = coef.transpose(0, 1).reshape(2, -1)  # [k, s·N + i]
-        col_flat = (col_sets * n + classes).reshape(-1)
+        col_flat = _flat_index(col_sets, n, row=False)
         cc = by_source.index_select(1, col_flat).view(2, *col_sets.shape)
         if row_sets is None:
             if col_sets.shape[0] != kr:
@@ -44,7 +51,7 @@ class GridSims(torch.autograd.Function):
             out.addcmul_(gram[:, 1], cc[1])
             row_flat, rc, row_terms = None, None, None
         else:
-            row_flat = (row_sets * n + classes[:, None]).reshape(-1)
+            row_flat = _flat_index(row_sets, n, row=True)
             rc = by_source[:kr].index_select(1, row_flat).view(kr, *row_sets.shape)
             row_terms = []  # Σ_k r_k K_kl, per l (saved: it is dc / g)
             for l in range(2):
@@ -58,11 +65,12 @@ class GridSims(torch.autograd.Function):
             out.mul_(scale)
         if sq is not None:
             sq_flat = sq.reshape(-1)
-            out += sq_flat.index_select(0, col_flat).view(col_sets.shape)
+            gathered = torch.index_select(sq_flat, 0, col_flat, out=cc.new_empty(col_flat.shape))
+            out += gathered.view(col_sets.shape)
             if row_flat is None:
                 out += sq[:kr, :, None]
             else:
-                out += sq_flat.index_select(0, row_flat).view(row_sets.shape)
+                out += torch.index_select(sq_flat, 0, row_flat, out=gathered).view(row_sets.shape)
         ctx.save_for_backward(gram_rows, cc, col_flat, rc, row_flat, *(row_terms or ()))
         ctx.consts = (n_sets, n, kr, scale, sq is not None, None if sq is None else sq.shape[0])
         return out
@@ -78,9 +86,10 @@ class GridSims(torch.autograd.Function):
         d_gram = d_gram_rows.view(kr, n, 2, n).transpose(1, 2)
         d_coef = torch.zeros(2, n_sets * n, dtype=grad.dtype, device=grad.device)
         if row_flat is None:  # batch b = real row set b
+            work = torch.empty_like(g)  # one scratch buffer: fresh full-size temporaries are the cost on CPU
             for l in range(2):
                 torch.mul(g, cc[l], out=d_gram[:, l])
-                d_coef[l].index_add_(0, col_flat, (g * gram[:, l]).reshape(-1))
+                d_coef[l].index_add_(0, col_flat, torch.mul(g, gram[:, l], out=work).reshape(-1))
         else:
             for k in range(kr):
                 gr = g * rc[k]
