@@ -94,6 +94,31 @@ def split_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return embeddings[anchors], embeddings[positives], labels[anchors]
 
 
+def candidates_from_gram(gram: torch.Tensor, coef: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """(len(pairs), N, N) X_s[i] · X_t[j] from Gram blocks K[k, l] (kr, 2, N, N) and coefficients (S, 2, N), no autograd.
+
+    Rows of a real set are Gram row blocks; a synthetic row set costs two fused multiply-adds
+    per Gram block, a synthetic column set two per pair, each written into one output buffer
+    (no full-size temporaries). Row sets must be < kr or synthetic (>= 2).
+    """
+    n = coef.shape[-1]
+    with torch.no_grad():
+        row_terms = {}
+        for s in sorted({s for s, _ in pairs}):  # M_s[l] = Σ_k C[s,k,i] K[k,l]
+            if s < gram.shape[0]:
+                row_terms[s] = gram[s]
+            else:
+                row_terms[s] = torch.addcmul(coef[s, 0, None, :, None] * gram[0], coef[s, 1, None, :, None], gram[1])
+        out = torch.empty(len(pairs), n, n, dtype=gram.dtype, device=gram.device)
+        for c, (s, t) in enumerate(pairs):
+            if t < 2:
+                out[c] = row_terms[s][t]
+            else:
+                torch.mul(row_terms[s][0], coef[t, 0], out=out[c])
+                out[c].addcmul_(row_terms[s][1], coef[t, 1])
+    return out
+
+
 class PointSets:
     """The batch's point sets as coefficients on the real points, with a lazily computed Gram.
 
@@ -161,25 +186,9 @@ class PointSets:
         multiply-adds per Gram block, a synthetic column set two per pair (anchors_only: every
         row set must be the anchors).
         """
-        n = self.n_classes
         with torch.enable_grad():  # cached for the recomputation with autograd, even when called under no_grad
             gram = (self.anchor_gram() if anchors_only else self.gram).detach()
-        with torch.no_grad():
-            coef = self.coef.detach()
-            row_terms = {}
-            for s in sorted({s for s, _ in pairs}):  # M_s[l] = Σ_k C[s,k,i] K[k,l]
-                if s < gram.shape[0]:
-                    row_terms[s] = gram[s]
-                else:
-                    row_terms[s] = torch.addcmul(coef[s, 0, None, :, None] * gram[0], coef[s, 1, None, :, None], gram[1])
-            out = torch.empty(len(pairs), n, n, dtype=gram.dtype, device=gram.device)
-            for c, (s, t) in enumerate(pairs):
-                if t < 2:
-                    out[c] = row_terms[s][t]
-                else:
-                    torch.mul(row_terms[s][0], coef[t, 0], out=out[c])
-                    out[c].addcmul_(row_terms[s][1], coef[t, 1])
-        return out
+        return candidates_from_gram(gram, self.coef.detach(), pairs)
 
     def grid_sims(self, row_sets: torch.Tensor | None, col_sets: torch.Tensor, anchors_only: bool = False) -> torch.Tensor:
         """X_r[i] · X_t[j] with autograd, r = row_sets[..., i, j], t = col_sets[..., i, j] (shape (..., N, N)).
