@@ -30,8 +30,15 @@ def _is_synthetic(pairs: list[tuple[int, int]] | tuple[tuple[int, int], ...], wh
 
 
 def _choose(candidates: torch.Tensor, rank: int) -> torch.Tensor:
-    """Index over the first dim of the rank-th largest candidate per entry (no autograd)."""
-    return kth_hardest(candidates, rank, dim=0, largest=True)[1]
+    """Index over the first dim of the rank-th largest candidate per entry (no autograd; overwrites ``candidates``)."""
+    return kth_hardest(candidates, rank, dim=0, largest=True, scratch=True)[1]
+
+
+def _chosen_sets(pairs: list[tuple[int, int]], which: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row set, column set) of the chosen pair per entry, as floats (int64 gathers on the grid are slow on CPU)."""
+    table = torch.tensor(pairs, dtype=dtype, device=which.device).T.contiguous()
+    flat = which.reshape(-1)
+    return table[0].index_select(0, flat).view(which.shape), table[1].index_select(0, flat).view(which.shape)
 
 
 class _LogitLoss(PairLoss):
@@ -78,8 +85,10 @@ class _LogitLoss(PairLoss):
 
 
 def _with_diagonal(logits: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
-    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    return torch.where(eye, torch.diag_embed(diagonal), logits)
+    """``logits`` with its diagonal replaced, in place (a fresh temporary of the caller; the same
+    values and gradients as torch.where(eye, diag_embed(diagonal), logits), without 3 N×N temporaries)."""
+    logits.diagonal().copy_(diagonal)
+    return logits
 
 
 class NPairLoss(_LogitLoss):
@@ -117,8 +126,7 @@ class NPairLoss(_LogitLoss):
             which = _choose(sets.candidates(pairs, anchors_only=anchors_only), self.hardness_rank)
             if self.keep_positive:  # the original a_i · p_i on the diagonal
                 which.diagonal().fill_(pairs.index((0, 1)))
-            index = torch.tensor(pairs, device=which.device)
-            rows, cols = index[which, 0], index[which, 1]
+            rows, cols = _chosen_sets(pairs, which, sets.coef.dtype)
         logits = sets.grid_sims(rows, cols, anchors_only=anchors_only)
         return logits, _is_synthetic(pairs, which)
 
@@ -164,8 +172,8 @@ class AngularLoss(_LogitLoss):
             pairs = [(first, t) for t in range(4)]
         with torch.no_grad():
             which = _choose(sets.candidates(pairs), self.hardness_rank)
-            index = torch.tensor(pairs, device=which.device)
-        off = (4 * self.tan_sq) * sets.grid_sims(index[which, 0], index[which, 1])
+            rows, cols = _chosen_sets(pairs, which, sets.coef.dtype)
+        off = (4 * self.tan_sq) * sets.grid_sims(rows, cols)
         if self.keep_positive:
             diagonal = sets.ap
         else:  # official: the rank-th of the 12 diagonal candidates X_s[i] · X_t[i]
