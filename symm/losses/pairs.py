@@ -221,7 +221,8 @@ class PointSets:
         gram = self.gram[:, :, row_classes, col_classes]  # (2, 2, ...)
         row_coef = self.coef[row_sets, :, row_classes]
         col_coef = self.coef[col_sets, :, col_classes]
-        return torch.einsum("...k,kl...,...l->...", row_coef, gram, col_coef)
+        gram = gram.movedim((0, 1), (-2, -1))  # (..., 2, 2)
+        return (row_coef[..., :, None] * gram * col_coef[..., None, :]).sum((-2, -1))
 
     @property
     def sims(self) -> torch.Tensor:
