@@ -42,14 +42,14 @@ def gram_matrix(points: torch.Tensor) -> torch.Tensor:
     return _Gram.apply(points)
 
 
-def _pair_views(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Fast path for the two layouts samplers produce: [a1, p1, a2, p2, ...] or [a1..aN, p1..pN].
+def pair_layout(labels: torch.Tensor) -> str | None:
+    """'interleaved' ([a1, p1, a2, p2, ...]), 'blocked' ([a1..aN, p1..pN]) or None (another order).
 
-    Returns views (no copies, cheap backward) when the layout holds and the anchor labels are
-    distinct; None sends the batch to the general path (which also explains what is wrong).
+    The two layouts samplers produce, with distinct anchor labels; None sends the batch to the
+    general path (which also explains what is wrong).
     """
     size = labels.shape[0]
-    if size < 4 or size % 2:
+    if labels.dim() != 1 or size < 4 or size % 2:
         return None
     n = size // 2
     if torch.equal(labels[0::2], labels[1::2]):
@@ -58,12 +58,25 @@ def _pair_views(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
         firsts, layout = labels[:n], "blocked"
     else:
         return None
-    if torch.unique(firsts).numel() != n:
-        return None
+    return layout if torch.unique(firsts).numel() == n else None
+
+
+def pair_views(embeddings: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchors, positives) as views of ``embeddings`` in a ``pair_layout`` (no copies, cheap backward)."""
+    n = embeddings.shape[0] // 2
     if layout == "interleaved":
         anchors, positives = embeddings.reshape(n, 2, -1).unbind(1)
-        return anchors, positives, firsts
-    return embeddings[:n], embeddings[n:], firsts
+        return anchors, positives
+    return embeddings[:n], embeddings[n:]
+
+
+def _pair_views(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Fast path of ``split_pairs`` for the two ``pair_layout`` layouts."""
+    layout = pair_layout(labels)
+    if layout is None:
+        return None
+    anchors, positives = pair_views(embeddings, layout)
+    return anchors, positives, labels[0::2] if layout == "interleaved" else labels[: labels.shape[0] // 2]
 
 
 def split_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
