@@ -27,8 +27,11 @@ class SymmNPairLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]],  # type: ignore[override]
                 anchors_only: bool, rank: int, keep_positive: bool, alpha: float, beta: float, form: str,
-                eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+                eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = anchors.shape[0]
+        if row_mix is not None:  # row r of a pair is the sum of the sets row_mix[r] (the angular loss's X_s + X_t)
+            anchors_only, keep_positive = False, False
+            pairs = [(4 + r, t) for r, t in pairs]
         points = torch.cat([anchors, positives])
         kr = 1 if anchors_only else 2
         gram_rows = (anchors if anchors_only else points) @ points.T  # (kr·N, 2N)
@@ -41,6 +44,8 @@ class SymmNPairLogits(torch.autograd.Function):
         own_part = torch.full_like(along, own)
         eye = torch.eye(2, dtype=anchors.dtype, device=anchors.device)[:, :, None]
         coef = torch.cat([eye.expand(2, 2, n), own_part[:, None, :] + (along - own_part)[:, None, :] * eye])  # (4, 2, N)
+        if row_mix is not None:
+            coef = torch.cat([coef, torch.stack([coef[list(mix)].sum(0) for mix in row_mix])])
         # candidates X_s[i] · X_t[j], one output buffer; the choice overwrites it (fresh full-size
         # temporaries, not arithmetic, are the cost on CPU)
         candidates = candidates_from_gram(gram, coef, pairs)
@@ -57,7 +62,7 @@ class SymmNPairLogits(torch.autograd.Function):
         row_coef = _gather_rows(by_source[:kr], row_flat).view(kr, n, n)
         col_coef = _gather_rows(by_source, col_flat).view(2, n, n)
         ctx.save_for_backward(anchors, positives, points, gram_rows, row_coef, col_coef, row_flat, col_flat, along, axis_sq, full_diag)
-        ctx.consts = (n, kr, alpha * beta, eps)
+        ctx.consts = (n, kr, alpha * beta, eps, row_mix)
         ctx.mark_non_differentiable(which)
         return values, which
 
@@ -65,11 +70,12 @@ class SymmNPairLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         anchors, positives, points, gram_rows, row_coef, col_coef, row_flat, col_flat, along, axis_sq, full_diag = ctx.saved_tensors
-        n, kr, alpha_beta, eps = ctx.consts
+        n, kr, alpha_beta, eps, row_mix = ctx.consts
         gram = gram_rows.view(kr, n, 2, n).transpose(1, 2)
         d_rows = torch.empty_like(gram_rows)  # d_rows[k·N + i, l·N + j] = dK[k, l, i, j] = g·r_k·c_l
         d_gram = d_rows.view(kr, n, 2, n).transpose(1, 2)
-        d_coef = torch.zeros(2, 4 * n, dtype=grad.dtype, device=grad.device)  # [k, s·N + i]
+        n_sets = 4 + (len(row_mix) if row_mix is not None else 0)
+        d_coef = torch.zeros(2, n_sets * n, dtype=grad.dtype, device=grad.device)  # [k, s·N + i]
         work = torch.empty_like(grad)  # one scratch buffer for the per-entry products
         for k in range(kr):
             torch.mul(grad, row_coef[k], out=work)
@@ -82,7 +88,11 @@ class SymmNPairLogits(torch.autograd.Function):
             for k in range(1, kr):
                 work.addcmul_(gram[k, l], row_coef[k])
             d_coef[l].index_add_(0, col_flat, work.mul_(grad).view(-1))  # dc_l
-        d_along = torch.stack([d_coef[0, 2 * n: 3 * n], d_coef[1, 3 * n:]])  # S1's a-part, S2's p-part
+        if row_mix is not None:  # a summed row set passes its gradient to each of its sets
+            for r, mix in enumerate(row_mix):
+                for set_index in mix:
+                    d_coef[:, set_index * n:(set_index + 1) * n] += d_coef[:, (4 + r) * n:(5 + r) * n]
+        d_along = torch.stack([d_coef[0, 2 * n: 3 * n], d_coef[1, 3 * n: 4 * n]])  # S1's a-part, S2's p-part
         d_ap = (d_along * alpha_beta / axis_sq).sum(0)
         d_axis = -d_along * along / axis_sq * (full_diag > eps)
         if kr == 2:
@@ -92,7 +102,7 @@ class SymmNPairLogits(torch.autograd.Function):
             d_points[:n] += d_rows @ points
         d_anchors = d_points[:n] + (2 * d_axis[0])[:, None] * anchors + d_ap[:, None] * positives
         d_positives = d_points[n:] + (2 * d_axis[1])[:, None] * positives + d_ap[:, None] * anchors
-        return d_anchors, d_positives, None, None, None, None, None, None, None, None
+        return d_anchors, d_positives, None, None, None, None, None, None, None, None, None
 
 
 class PlainNPairLoss(torch.autograd.Function):
