@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from symm.losses.pairs import PointSets, real_sets, split_pairs, symmetric_sets
+from symm.losses.pairs import PointSets, l2_normalize, pair_layout, pair_views, real_sets, split_pairs, symmetric_sets
 
 NEGATIVE_STRATEGIES = ("none", "hardest", "semihard", "symm")
 
@@ -91,9 +90,13 @@ class PairLoss(nn.Module):
         return rank
 
     def pairs_and_sets(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointSets]:
-        anchors, positives, _ = split_pairs(embeddings, labels)
-        if self.normalize:
-            anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
+        layout = pair_layout(labels) if embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] else None
+        if layout is not None and self.normalize:  # the sampler layouts: normalise all rows at once, then split (views)
+            anchors, positives = pair_views(l2_normalize(embeddings), layout)
+        else:
+            anchors, positives, _ = split_pairs(embeddings, labels)
+            if self.normalize:
+                anchors, positives = l2_normalize(anchors), l2_normalize(positives)
         if self.negatives == "symm":
             return anchors, positives, symmetric_sets(anchors, positives, **self.reflection)
         return anchors, positives, real_sets(anchors, positives)
