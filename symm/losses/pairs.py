@@ -319,8 +319,10 @@ class _L2Normalize(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         y, denom, passes = ctx.saved_tensors
-        along = (grad * y).sum(1, keepdim=True).mul_(passes)  # the clamp passes no gradient below eps
-        return (grad - y * along).div_(denom), None
+        # row dot products as a batched matmul and one output buffer: fresh full-size temporaries
+        # (page faults above glibc's mmap threshold) cost more than the arithmetic on CPU
+        along = torch.bmm(grad.unsqueeze(1), y.unsqueeze(2)).view(-1, 1).mul_(passes)  # no gradient below eps
+        return torch.addcmul(grad, y, along, value=-1).div_(denom), None
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
