@@ -1,4 +1,4 @@
-"""Symm+N-pair logits, and the plain N-pair loss, as single autograd nodes with hand-written backwards.
+"""Symm+N-pair logits as one autograd node with a hand-written backward.
 
 On CPU at the paper's batch size the loss is bound by the number of kernels, not by
 arithmetic: autograd records every small coefficient and gather step and replays each in
@@ -17,8 +17,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from symm.losses.base import kth_hardest
-from symm.losses.grid import _gather_rows
-from symm.losses.pairs import candidates_from_gram, pair_views
+from symm.losses.grid import gather_rows
+from symm.losses.pairs import candidates_from_gram
 
 
 class SymmNPairLogits(torch.autograd.Function):
@@ -59,8 +59,8 @@ class SymmNPairLogits(torch.autograd.Function):
         row_flat = set_of_pair[0].index_select(0, which_flat).view(n, n).mul_(n).add_(classes[:, None]).view(-1).long()
         col_flat = set_of_pair[1].index_select(0, which_flat).view(n, n).mul_(n).add_(classes).view(-1).long()
         by_source = coef.transpose(0, 1).reshape(2, -1)
-        row_coef = _gather_rows(by_source[:kr], row_flat).view(kr, n, n)
-        col_coef = _gather_rows(by_source, col_flat).view(2, n, n)
+        row_coef = gather_rows(by_source[:kr], row_flat).view(kr, n, n)
+        col_coef = gather_rows(by_source, col_flat).view(2, n, n)
         ctx.save_for_backward(anchors, positives, points, gram_rows, row_coef, col_coef, row_flat, col_flat, along, axis_sq, full_diag)
         ctx.consts = (n, kr, alpha * beta, eps, row_mix)
         ctx.mark_non_differentiable(which)
@@ -104,45 +104,3 @@ class SymmNPairLogits(torch.autograd.Function):
         d_positives = d_points[n:] + (2 * d_axis[1])[:, None] * positives + d_ap[:, None] * anchors
         return d_anchors, d_positives, None, None, None, None, None, None, None, None, None
 
-
-class PlainNPairLoss(torch.autograd.Function):
-    """Plain N-pair loss (cross-entropy over A·Pᵀ with targets i, + reg·||E||²) as one node.
-
-    At the paper's batch the autograd form is dominated by per-kernel cost (views and their
-    backward stack, log-softmax, nll, dot): here the forward keeps the softmax and the backward
-    writes dA = D·P and dP = Dᵀ·A straight into the embeddings' gradient (D = (softmax − I)/N).
-    ``NPairLoss`` uses it for the two sampler layouts; the tests compare it with the general path
-    and with pytorch-metric-learning.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, embeddings: torch.Tensor, layout: str, reg_coef: float) -> torch.Tensor:  # type: ignore[override]
-        anchors, positives = pair_views(embeddings, layout)
-        logits = anchors @ positives.T
-        top = logits.amax(1, keepdim=True)
-        flat = embeddings.reshape(-1)
-        loss = reg_coef * torch.dot(flat, flat) - (logits.diagonal() - top[:, 0]).mean()
-        probs = logits.sub_(top).exp_()  # softmax, in place (one exp: logsumexp would take another)
-        total = probs.sum(1, keepdim=True)
-        loss = loss + total.log().mean()  # mean(log Σ exp(L - top)) - mean(L_ii - top) = cross-entropy
-        probs.div_(total)
-        ctx.save_for_backward(embeddings, probs)
-        ctx.consts = (layout, reg_coef)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        embeddings, probs = ctx.saved_tensors
-        layout, reg_coef = ctx.consts
-        n = probs.shape[0]
-        scale = grad / n
-        d_logits = probs * scale
-        d_logits.diagonal().sub_(scale)
-        anchors, positives = pair_views(embeddings, layout)
-        d_embeddings = torch.empty_like(embeddings)
-        d_anchors, d_positives = pair_views(d_embeddings, layout)
-        torch.mm(d_logits, positives, out=d_anchors)
-        torch.mm(d_logits.T, anchors, out=d_positives)
-        d_embeddings.addcmul_(embeddings, grad * (2 * reg_coef))
-        return d_embeddings, None, None

@@ -25,7 +25,7 @@ def _flat_index(sets: torch.Tensor, n: int, row: bool) -> torch.Tensor:
     return flat.long() if flat.is_floating_point() else flat
 
 
-def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """table[:, index] as one 1-D index_select per row (the 2-D, dim=1 form is several times slower on CPU)."""
     out = table.new_empty(table.shape[0], index.shape[0])
     for k in range(table.shape[0]):
@@ -51,7 +51,7 @@ class GridSims(torch.autograd.Function):
         gram = gram_rows.view(kr, n, 2, n).transpose(1, 2)  # K[k, l, i, j]
         by_source = coef.transpose(0, 1).reshape(2, -1)  # [k, s·N + i]
         col_flat = _flat_index(col_sets, n, row=False)
-        cc = _gather_rows(by_source, col_flat).view(2, *col_sets.shape)
+        cc = gather_rows(by_source, col_flat).view(2, *col_sets.shape)
         if row_sets is None:
             if col_sets.shape[0] != kr:
                 raise ValueError(f"row_sets=None needs one batch per real row set ({kr}), got {col_sets.shape[0]}")
@@ -60,7 +60,7 @@ class GridSims(torch.autograd.Function):
             row_flat, rc, row_terms = None, None, None
         else:
             row_flat = _flat_index(row_sets, n, row=True)
-            rc = _gather_rows(by_source[:kr], row_flat).view(kr, *row_sets.shape)
+            rc = gather_rows(by_source[:kr], row_flat).view(kr, *row_sets.shape)
             row_terms = []  # Σ_k r_k K_kl, per l (saved: it is dc / g)
             for l in range(2):
                 term = rc[0] * gram[0, l]

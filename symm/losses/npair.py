@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
-from symm.losses.fused import PlainNPairLoss, SymmNPairLogits
-from symm.losses.pairs import PointSets, pair_layout, split_pairs, symmetric_sets
+from symm.losses.fused import SymmNPairLogits
+from symm.losses.pairs import PointSets, split_pairs, symmetric_sets
 
 # The release's six unordered set pairs over [A, P, S1, S2], in its list order.
 OFFICIAL_SET_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
@@ -61,15 +61,7 @@ class _LogitLoss(PairLoss):
         """The same logits from one autograd node (``symm.losses.fused``), or None where not offered."""
         return None
 
-    def fused_plain_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        """The plain loss from one autograd node (``symm.losses.fused``), or None where not offered."""
-        return None
-
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.negatives != "symm" and not self.normalize and embeddings.dim() == 2 and labels.shape == embeddings.shape[:1]:
-            fused = self.fused_plain_loss(embeddings, labels)
-            if fused is not None:
-                return fused
         anchors, positives, _ = split_pairs(embeddings, labels)
         if self.normalize:
             anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
@@ -110,12 +102,6 @@ class NPairLoss(_LogitLoss):
 
     def plain_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         return anchors @ positives.T
-
-    def fused_plain_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        layout = pair_layout(labels)
-        if layout is None:  # another order: the general path (which also validates the batch)
-            return None
-        return PlainNPairLoss.apply(embeddings, layout, self.reg_lambda / (2 * embeddings.shape[0]))
 
     def symm_pairs(self) -> list[tuple[int, int]]:
         if self.symm_mode == "official":
