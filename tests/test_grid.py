@@ -1,4 +1,4 @@
-"""The fused grid node (symm.losses.grid) against the autograd form it replaces.
+"""The fused grid node (symm.losses.grid) and L2 normalisation node against the autograd forms they replace.
 
 Reference: ``PointSets.grid_sims_autograd`` (broadcast products recorded by autograd; the form
 the loss tests checked against PML / numpy / brute force) and, for distances, the explicit
@@ -64,3 +64,22 @@ def test_fused_grid_sq_distances_equal_autograd(reflection, real_rows):
         values.append((d2, grad_of(d2, emb, torch.Generator().manual_seed(3))))
     torch.testing.assert_close(values[0][0], values[1][0])
     torch.testing.assert_close(values[0][1], values[1][1])
+
+
+def test_l2_normalize_equals_torch_normalize():
+    # Reference: torch.nn.functional.normalize (dim=1) with autograd, including a zero row and a
+    # row below eps, where the clamp passes no gradient through the norm.
+    import torch.nn.functional as F
+
+    from symm.losses.pairs import l2_normalize
+
+    x = torch.randn(9, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x[3], x[4] = 0.0, 1e-13
+    weights = torch.randn(9, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    results = []
+    for fn in (l2_normalize, lambda v: F.normalize(v, dim=1)):
+        v = x.clone().requires_grad_(True)
+        y = fn(v)
+        results.append((y, torch.autograd.grad((y * weights).sum(), v)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
