@@ -1,4 +1,4 @@
-"""The fused grid node (symm.losses.grid) and L2 normalisation node against the autograd forms they replace.
+"""The fused grid node (symm.losses.grid), Symm coefficients and L2 normalisation against the autograd forms they replace.
 
 Reference: ``PointSets.grid_sims_autograd`` (broadcast products recorded by autograd; the form
 the loss tests checked against PML / numpy / brute force) and, for distances, the explicit
@@ -82,4 +82,26 @@ def test_l2_normalize_equals_torch_normalize():
         y = fn(v)
         results.append((y, torch.autograd.grad((y * weights).sum(), v)[0]))
     torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("reflection", [{}, dict(alpha=1.5, beta=0.5), dict(form="official", alpha=2.5, beta=1.5)])
+@pytest.mark.parametrize("with_norms", [True, False])
+def test_fused_symmetric_sets_equal_autograd(reflection, with_norms):
+    # Reference: symmetric_sets_autograd (the coefficient form test_losses.py checks against
+    # materialised reflections); a zero row exercises the eps clamp of the axis norm.
+    from symm.losses.pairs import symmetric_sets_autograd
+
+    emb, g = inputs(7)
+    with torch.no_grad():
+        emb[4] = 0.0
+    weights = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((4, 2, 6), (4 if with_norms else 2, 6), (6,))]
+    results = []
+    for build in (symmetric_sets, symmetric_sets_autograd):
+        sets = build(emb[0::2], emb[1::2], **reflection, with_norms=with_norms)
+        outputs = (sets.coef, sets.sq_norms, sets.ap)
+        total = sum((out * w).sum() for out, w in zip(outputs, weights))
+        results.append((outputs, torch.autograd.grad(total, emb)[0]))
+    for fused, reference in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(fused, reference)
     torch.testing.assert_close(results[0][1], results[1][1])

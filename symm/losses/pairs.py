@@ -279,6 +279,16 @@ def symmetric_sets(
     expressed as coefficients on the real points. ``with_norms=False`` skips the synthetic
     points' squared norms (logit losses never use them; ``sq_norms`` then holds the real ones).
     """
+    if not rescale_to_axis_norm:  # one autograd node (the rescale keeps the autograd form)
+        coef, sq_norms, ap = _SymmCoefficients.apply(anchors, positives, alpha, beta, form, eps, with_norms)
+        return PointSets((anchors, positives), coef, sq_norms, ap)
+    return symmetric_sets_autograd(anchors, positives, alpha, beta, form, rescale_to_axis_norm, eps, with_norms)
+
+
+def symmetric_sets_autograd(anchors: torch.Tensor, positives: torch.Tensor, alpha: float = 2.0, beta: float = 1.0,
+                            form: str = "paper", rescale_to_axis_norm: bool = False, eps: float = 1e-12,
+                            with_norms: bool = True) -> PointSets:
+    """``symmetric_sets`` written with autograd (the reference the fused coefficients are tested against)."""
     n = anchors.shape[0]
     sq = torch.stack([anchors, positives]).pow(2).sum(-1)  # [||a||², ||p||²]
     ap = (anchors * positives).sum(1)
@@ -328,3 +338,53 @@ class _L2Normalize(torch.autograd.Function):
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """F.normalize(x, dim=1) (same values) as one autograd node."""
     return _L2Normalize.apply(x, eps)
+
+
+class _SymmCoefficients(torch.autograd.Function):
+    """(anchors, positives) -> (coef (4, 2, N), squared norms (4 or 2, N), a·p) of [A, P, S1, S2], one node.
+
+    The autograd form records ≈ 20 small vector ops and replays each in backward; at the
+    paper's batch on CPU that is a quarter of a Symm distance loss. Backward in closed form:
+    S1 = along_1·a + own·p, S2 = own·a + along_2·p with along_s = αβ·(a·p)/max(||axis_s||², eps)
+    and ||S_s||² = own²·||x_s||² + along_s·(2·own·a·p + along_s·||axis_s||²).
+    """
+
+    @staticmethod
+    def forward(ctx, anchors: torch.Tensor, positives: torch.Tensor, alpha: float, beta: float,  # type: ignore[override]
+                form: str, eps: float, with_norms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = anchors.shape[0]
+        sq = torch.stack([anchors, positives]).pow(2).sum(-1)  # [||a||², ||p||²]
+        ap = (anchors * positives).sum(1)
+        own = beta * (1 - alpha) if form == "paper" else -beta
+        axis_sq = sq.clamp_min(eps)
+        along = (beta * alpha) * ap / axis_sq
+        own_part = torch.full_like(along, own)
+        eye = torch.eye(2, dtype=anchors.dtype, device=anchors.device)[:, :, None]
+        coef = torch.cat([_real_coef(n, anchors), own_part[:, None, :] + (along - own_part)[:, None, :] * eye])
+        if with_norms:
+            synth_sq = own**2 * sq.flip(0) + along * (2 * own * ap + along * sq)
+            sq_norms = torch.cat([sq, synth_sq])
+        else:
+            sq_norms = sq
+        ctx.save_for_backward(anchors, positives, sq, ap, axis_sq, along)
+        ctx.consts = (alpha * beta, own, eps, with_norms)
+        return coef, sq_norms, ap
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_coef: torch.Tensor, d_sq_norms: torch.Tensor, d_ap: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        anchors, positives, sq, ap, axis_sq, along = ctx.saved_tensors
+        alpha_beta, own, eps, with_norms = ctx.consts
+        d_sq = d_sq_norms[:2].clone()
+        d_ap = d_ap.clone()
+        d_along = torch.stack([d_coef[2, 0], d_coef[3, 1]])  # along_s is S_s's coefficient on its axis
+        if with_norms:
+            d_synth = d_sq_norms[2:]
+            d_along += d_synth * (2 * own * ap + 2 * along * sq)
+            d_ap += (2 * own) * (d_synth * along).sum(0)
+            d_sq += d_synth * along * along + (own * own) * d_synth.flip(0)
+        d_ap += (alpha_beta * d_along / axis_sq).sum(0)
+        d_sq -= d_along * along / axis_sq * (sq >= eps)  # the clamp passes no gradient below eps
+        d_anchors = torch.addcmul(d_ap[:, None] * positives, (2 * d_sq[0])[:, None], anchors)
+        d_positives = torch.addcmul(d_ap[:, None] * anchors, (2 * d_sq[1])[:, None], positives)
+        return d_anchors, d_positives, None, None, None, None, None
