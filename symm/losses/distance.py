@@ -70,8 +70,12 @@ def pool_distances(sets: PointSets, squared: bool) -> torch.Tensor:
     with torch.no_grad():
         cands = sets.candidates([(r, t) for r in range(2) for t in range(n_sets)]).view(2, n_sets, n, n)
         sq = sets.sq_norms.detach()
-        d2 = sq[:2, None, :, None] + sq[None, :, None, :] - 2 * cands
-        return to_distance(d2, squared).permute(0, 2, 1, 3).reshape(2 * n, n_sets * n)
+        pool = cands.new_empty(2, n, n_sets, n)  # written once, in the (2N, S·N) layout (no full-size temporaries)
+        d2 = torch.mul(cands, -2, out=pool.permute(0, 2, 1, 3)).add_(sq[:2, None, :, None]).add_(sq[None, :, None, :])
+        d2.clamp_min_(0)
+        if not squared:  # as to_distance
+            d2.clamp_min_(1e-12).sqrt_()
+        return pool.view(2 * n, n_sets * n)
 
 
 def point_distances(sets: PointSets, rows: torch.Tensor, cols: torch.Tensor, squared: bool) -> torch.Tensor:
