@@ -1,6 +1,7 @@
 """Forward+backward cost of every loss: Symm vs its base loss, and ours vs pytorch-metric-learning.
 
-All losses are timed interleaved in one process (machine noise hits each alike); medians over
+All losses are timed interleaved in one process (machine noise hits each alike), in a new
+random order each round (what ran just before a call changes its time); medians over
 repeats; ratios against the base loss and against PML's same-named loss. The paper reports
 +1.8% for Symm+N-pair's loss on a Tesla P40.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -104,12 +106,17 @@ def measure(n_pairs: int, dim: int, repeats: int, device: str, only: str | None 
             spent += time_call(fn, embeddings, labels)[0]
             if spent > 1.0:
                 break
-    # interleaved rounds; a very slow reference (PML's lifted at N=256 takes seconds) stops
-    # once it has used its time budget, with at least 3 samples
+    # interleaved rounds in a new (seeded) random order each round: a call's time depends on what
+    # ran just before it (a large loss leaves caches cold and the heap trimmed: a small loss right
+    # after PML's lifted structure takes up to 3x longer), so a fixed order would bias some rows.
+    # A very slow reference (PML's lifted at N=256 takes seconds) stops once it has used its time
+    # budget, with at least 3 samples.
+    order, rng = list(fns), random.Random(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
             if len(samples[name]) < 3 or sum(w for w, _ in samples[name]) < budget_s:
-                samples[name].append(time_call(fn, embeddings, labels))
+                samples[name].append(time_call(fns[name], embeddings, labels))
     return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in samples.items()}
 
 
@@ -150,7 +157,7 @@ def main() -> None:
               f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
               f"threads), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average {load:.2f} "
               f"at the start. Forward+backward of the loss alone on random float32 embeddings; medians of interleaved "
-              f"repeats. Paper (Tesla P40): N-pair 0.2454 ms, Symm+N-pair 0.2497 ms (× 1.02).")
+              f"repeats (a new random order each round). Paper (Tesla P40): N-pair 0.2454 ms, Symm+N-pair 0.2497 ms (× 1.02).")
     lines = [header, ""]
     for n_pairs, dim in ((64, 512), (256, 128)):
         lines += table(measure(n_pairs, dim, args.repeats, args.device, args.only), n_pairs, dim)

@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from symm.losses.pairs import PointSets, real_sets, split_pairs, symmetric_sets
+from symm.losses.pairs import PointSets, l2_normalize, pair_layout, pair_views, real_sets, split_pairs, symmetric_sets
 
 NEGATIVE_STRATEGIES = ("none", "hardest", "semihard", "symm")
 
@@ -91,9 +90,13 @@ class PairLoss(nn.Module):
         return rank
 
     def pairs_and_sets(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointSets]:
-        anchors, positives, _ = split_pairs(embeddings, labels)
-        if self.normalize:
-            anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
+        layout = pair_layout(labels) if embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] else None
+        if layout is not None and self.normalize:  # the sampler layouts: normalise all rows at once, then split (views)
+            anchors, positives = pair_views(l2_normalize(embeddings), layout)
+        else:
+            anchors, positives, _ = split_pairs(embeddings, labels)
+            if self.normalize:
+                anchors, positives = l2_normalize(anchors), l2_normalize(positives)
         if self.negatives == "symm":
             return anchors, positives, symmetric_sets(anchors, positives, **self.reflection)
         return anchors, positives, real_sets(anchors, positives)
@@ -117,35 +120,45 @@ class PairLoss(nn.Module):
         return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
 
 
-def _first_best(candidates: torch.Tensor, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_best(candidates: torch.Tensor, dim: int, largest: bool, scratch: bool = False,
+                float_index: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """max / min with the first winning index, in float arithmetic only.
 
     torch's CPU ``max(dim)`` with indices, ``argmax`` and integer/bool reductions are scalar
     loops, 30-200x slower than the vectorised ``amax``: the index is the smallest k among the
-    winners, found as amin over k + count·sign(gap).
+    winners, found as amin over k + count·sign(gap). ``scratch``: ``candidates`` may be
+    overwritten (no full-size temporary: on CPU each fresh one costs page faults that dwarf
+    the arithmetic). ``float_index``: return the index as floats (exact small integers).
     """
     best = candidates.amax(dim, keepdim=True) if largest else candidates.amin(dim, keepdim=True)
-    gap = best - candidates if largest else candidates - best  # >= 0, 0 at the winners
+    if scratch:  # gap >= 0, 0 at the winners
+        gap = candidates.sub_(best).neg_() if largest else candidates.sub_(best)
+    else:
+        gap = best - candidates if largest else candidates - best
     count = candidates.shape[dim]
     shape = [1] * candidates.dim()
     shape[dim] = count
     order = torch.arange(count, dtype=candidates.dtype, device=candidates.device).view(shape)
-    which = (torch.sign(gap) * count).add_(order).amin(dim).nan_to_num_(0.0)  # a NaN input gives index 0 (and a NaN loss), not an error
-    return best.squeeze(dim), which.long()
+    which = gap.sign_().mul_(count).add_(order).amin(dim).nan_to_num_(0.0)  # a NaN input gives index 0 (and a NaN loss), not an error
+    return best.squeeze(dim), which if float_index else which.long()
 
 
-def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def kth_hardest(candidates: torch.Tensor, rank: int, dim: int, largest: bool, scratch: bool = False,
+                float_index: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the rank-th hardest along ``dim``: largest similarity or smallest distance.
 
     rank 1 is the max / min (first index wins ties); otherwise ``kthvalue`` (ties between equal
-    values may resolve to either index; the value is the same).
+    values may resolve to either index; the value is the same). ``scratch`` / ``float_index``:
+    as ``_first_best`` (rank 1 only; other ranks ignore ``scratch``).
     """
     if rank == 1:
-        return _first_best(candidates, dim, largest)
+        return _first_best(candidates, dim, largest, scratch, float_index)
     if largest:
         values, which = (-candidates).kthvalue(rank, dim=dim)
-        return -values, which
-    return candidates.kthvalue(rank, dim=dim)
+        values = -values
+    else:
+        values, which = candidates.kthvalue(rank, dim=dim)
+    return values, which.to(candidates.dtype) if float_index else which
 
 
 def check_non_negative(**values: float) -> None:

@@ -28,11 +28,9 @@ def real_distances(sets: PointSets, squared: bool) -> torch.Tensor:
     return to_distance((sq[:, None] + sq[None, :]) - 2 * gram, squared)
 
 
-def _selected_distances(sets: PointSets, row_sets: torch.Tensor, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
-    """D(X_r[i], X_t[j]) with autograd on the (..., N, N) grid of chosen sets."""
-    classes = torch.arange(sets.n_classes, device=row_sets.device)
-    sq = sets.sq_norms[row_sets, classes[:, None]] + sets.sq_norms[col_sets, classes[None, :]]
-    return to_distance(sq - 2 * sets.grid_sims(row_sets, col_sets), squared)
+def _selected_distances(sets: PointSets, row_sets: torch.Tensor | None, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
+    """D(X_r[i], X_t[j]) with autograd on the (..., N, N) grid of chosen sets (row_sets None: batch b = real set b)."""
+    return to_distance(sets.grid_sq_distances(row_sets, col_sets), squared)
 
 
 def hardest_of_each_class(sets: PointSets, squared: bool, rank: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,10 +44,9 @@ def hardest_of_each_class(sets: PointSets, squared: bool, rank: int = 1) -> tupl
     with torch.no_grad():
         sq = sets.sq_norms.detach()
         cands = sets.candidates(pairs).view(2, n_sets, n, n)  # [r, t, i, j]
-        d2 = sq[None, :, None, :] - 2 * cands  # + ||X_r[i]||², the same for every t
-        which = kth_hardest(d2, rank, dim=1, largest=False)[1]  # (2, N, N)
-        rows = torch.arange(2, device=which.device)[:, None, None].expand_as(which)
-    values = _selected_distances(sets, rows, which, squared)
+        d2 = cands.mul_(-2).add_(sq[None, :, None, :])  # in place; + ||X_r[i]||², the same for every t
+        which = kth_hardest(d2, rank, dim=1, largest=False, scratch=True, float_index=True)[1]  # (2, N, N)
+    values = _selected_distances(sets, None, which, squared)  # rows: a_i for batch 0, p_i for batch 1
     return values.reshape(2 * n, n), (which >= 2).reshape(2 * n, n)
 
 
@@ -59,11 +56,12 @@ def hardest_pair_of_classes(sets: PointSets, squared: bool, rank: int = 1) -> tu
     pairs = [(r, t) for r in range(n_sets) for t in range(n_sets)]
     with torch.no_grad():
         sq = sets.sq_norms.detach()
-        d2 = sq.repeat_interleave(n_sets, 0)[:, :, None] + sq.repeat(n_sets, 1)[:, None, :] - 2 * sets.candidates(pairs)
-        which = kth_hardest(d2, rank, dim=0, largest=False)[1]
-    rows, cols = which // n_sets, which % n_sets
-    synthetic = torch.tensor([float(r >= 2 or t >= 2) for r, t in pairs], device=which.device)
-    return _selected_distances(sets, rows, cols, squared), torch.take(synthetic, which)
+        d2 = sets.candidates(pairs).mul_(-2).add_(sq.repeat_interleave(n_sets, 0)[:, :, None]).add_(sq.repeat(n_sets, 1)[:, None, :])
+        which = kth_hardest(d2, rank, dim=0, largest=False, scratch=True, float_index=True)[1]
+        rows = torch.div(which, n_sets, rounding_mode="floor")  # float arithmetic: exact for these small integers
+        cols = which - n_sets * rows
+    synthetic = ((rows >= 2) | (cols >= 2)).float()
+    return _selected_distances(sets, rows, cols, squared), synthetic
 
 
 def pool_distances(sets: PointSets, squared: bool) -> torch.Tensor:
@@ -72,8 +70,12 @@ def pool_distances(sets: PointSets, squared: bool) -> torch.Tensor:
     with torch.no_grad():
         cands = sets.candidates([(r, t) for r in range(2) for t in range(n_sets)]).view(2, n_sets, n, n)
         sq = sets.sq_norms.detach()
-        d2 = sq[:2, None, :, None] + sq[None, :, None, :] - 2 * cands
-        return to_distance(d2, squared).permute(0, 2, 1, 3).reshape(2 * n, n_sets * n)
+        pool = cands.new_empty(2, n, n_sets, n)  # written once, in the (2N, S·N) layout (no full-size temporaries)
+        d2 = torch.mul(cands, -2, out=pool.permute(0, 2, 1, 3)).add_(sq[:2, None, :, None]).add_(sq[None, :, None, :])
+        d2.clamp_min_(0)
+        if not squared:  # as to_distance
+            d2.clamp_min_(1e-12).sqrt_()
+        return pool.view(2 * n, n_sets * n)
 
 
 def point_distances(sets: PointSets, rows: torch.Tensor, cols: torch.Tensor, squared: bool) -> torch.Tensor:
@@ -84,7 +86,13 @@ def point_distances(sets: PointSets, rows: torch.Tensor, cols: torch.Tensor, squ
     return to_distance(sq - 2 * sets.point_sims(row_sets, row_classes, col_sets, col_classes), squared)
 
 
-def other_class_mask(n_rows_sets: int, n_cols_sets: int, n: int, device: torch.device) -> torch.Tensor:
+def other_class_mask(n_rows_sets: int, n_cols_sets: int, n: int, device: torch.device,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(R·N, C·N) mask of the entries whose row and column classes differ; with ``dtype`` as 0/1 floats."""
+    if dtype is not None:  # float arithmetic: bool grids are slow on CPU
+        rows = torch.arange(n, device=device, dtype=dtype).repeat(n_rows_sets)
+        cols = torch.arange(n, device=device, dtype=dtype).repeat(n_cols_sets)
+        return (rows[:, None] - cols[None, :]).abs_().clamp_max_(1)
     rows = torch.arange(n, device=device).repeat(n_rows_sets)
     cols = torch.arange(n, device=device).repeat(n_cols_sets)
     return rows[:, None] != cols[None, :]
@@ -96,12 +104,31 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / weights.sum()
 
 
+def closest_negative(distances: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Per row, the first column of the smallest distance among the negatives (0/1 float mask), as
+    ``torch.where(negative, distances, inf).argmin(1)`` but in float arithmetic (faster on CPU)."""
+    big = distances.amax() + 1  # distances are >= 0
+    pushed = (1 - negative).mul_(big).add_(distances)  # d on negatives, d + big elsewhere
+    return kth_hardest(pushed, 1, dim=1, largest=False, scratch=True)[1]
+
+
 def semihard_negatives(candidates: torch.Tensor, negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """TF's rule per row: the column of the smallest negative distance > positive, else of the largest."""
-    farther = negative & (candidates > positive[:, None])
-    outside_col = torch.where(farther, candidates, INF).argmin(dim=1)
-    inside_col = torch.where(negative, candidates, -INF).argmax(dim=1)
-    return torch.where(farther.any(dim=1), outside_col, inside_col)
+    """TF's rule per row: the column of the smallest negative distance > positive, else of the largest.
+
+    Float arithmetic only (on CPU ``where``, bool ``any`` and ``argmin`` are scalar loops): entries
+    that do not qualify are pushed past every distance by ``big`` (> the largest distance; the
+    qualifying ones keep their exact value), and the first winner is found as in ``kth_hardest``
+    (the first index, as ``argmin`` / ``argmax``). ``negative`` may be a bool or a 0/1 float mask.
+    """
+    weights = negative if negative.is_floating_point() else negative.to(candidates.dtype)
+    big = candidates.amax() + 1  # distances are >= 0
+    farther = (candidates - positive[:, None]).sign_().clamp_min_(0).mul_(weights)  # 1: a negative farther than the positive
+    has_farther = farther.amax(1)
+    outside = farther.neg_().add_(1).mul_(big).add_(candidates)  # d where farther, d + big elsewhere
+    outside_col = kth_hardest(outside, 1, dim=1, largest=False, scratch=True)[1]
+    inside = (weights - 1).mul_(big).addcmul_(candidates, weights)  # d on negatives, -big elsewhere
+    inside_col = kth_hardest(inside, 1, dim=1, largest=True, scratch=True)[1]
+    return torch.where(has_farther > 0, outside_col, inside_col)
 
 
 class _DistanceLoss(PairLoss):
@@ -118,15 +145,16 @@ class _DistanceLoss(PairLoss):
         sq = sets.sq_norms
         return sets, to_distance(sq[0] + sq[1] - 2 * sets.ap, self.squared)
 
-    def symm_negatives(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """point4 / pair16: (negatives, mask of the entries that count, synthetic flags)."""
+    def symm_negatives(self, sets: PointSets, float_mask: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """point4 / pair16: (negatives, mask of the entries that count (0/1 floats or bool), synthetic flags)."""
         n = sets.n_classes
+        dtype = sets.coef.dtype if float_mask else None
         if self.symm_mode == "pair16":
             negative, synthetic = hardest_pair_of_classes(sets, self.squared, self.hardness_rank)
-            other = ~torch.eye(n, dtype=torch.bool, device=negative.device)
+            other = other_class_mask(1, 1, n, negative.device, dtype)
         else:
             negative, synthetic = hardest_of_each_class(sets, self.squared, self.hardness_rank)
-            other = other_class_mask(2, 1, n, negative.device)
+            other = other_class_mask(2, 1, n, negative.device, dtype)
         self.record_synthetic(synthetic.view(-1, n, n), off_diagonal=True)
         return negative, other, synthetic
 
@@ -153,18 +181,18 @@ class TripletLoss(_DistanceLoss):
         anchor_positive = positive.repeat(2)  # anchors a_i then p_i
         if self.negatives == "symm":  # semi-hard over the real and synthetic points
             pool = pool_distances(sets, self.squared)
-            other = other_class_mask(2, sets.n_sets, n, pool.device)
+            other = other_class_mask(2, sets.n_sets, n, pool.device, pool.dtype)
             column = semihard_negatives(pool, other, anchor_positive.detach())
             self.record_synthetic(column >= 2 * n)
             negative = point_distances(sets, torch.arange(2 * n, device=pool.device), column, self.squared)
             return torch.relu(anchor_positive - negative + self.margin).mean()
         rows = real_distances(sets, self.squared)
-        other = other_class_mask(2, 2, n, rows.device)
+        other = other_class_mask(2, 2, n, rows.device, rows.dtype)
         if self.negatives == "none":
             return masked_mean(torch.relu(anchor_positive[:, None] - rows + self.margin), other)
         detached = rows.detach()
         if self.negatives == "hardest":
-            column = torch.where(other, detached, INF).argmin(dim=1)
+            column = closest_negative(detached, other)
         else:  # semihard over the real points
             column = semihard_negatives(detached, other, anchor_positive.detach())
         negative = rows.gather(1, column[:, None])[:, 0]
@@ -212,7 +240,7 @@ class LiftedStructureLoss(_DistanceLoss):
         sets, positive = self.geometry(embeddings, labels)
         n = sets.n_classes
         if self.negatives == "symm":
-            negative, other, _ = self.symm_negatives(sets)
+            negative, other, _ = self.symm_negatives(sets, float_mask=False)  # bool: where(..., -inf) below
         else:
             negative = real_distances(sets, self.squared)
             other = other_class_mask(2, 2, n, negative.device)
@@ -247,8 +275,8 @@ class ContrastiveLoss(_DistanceLoss):
             negative, other, _ = self.symm_negatives(sets)
             return positive_term + masked_mean(torch.relu(self.margin - negative), other)
         rows = real_distances(sets, self.squared)
-        other = other_class_mask(2, 2, n, rows.device)
+        other = other_class_mask(2, 2, n, rows.device, rows.dtype)
         if self.negatives == "hardest":
-            column = torch.where(other, rows.detach(), INF).argmin(dim=1)
+            column = closest_negative(rows.detach(), other)
             return positive_term + torch.relu(self.margin - rows.gather(1, column[:, None])).mean()
         return positive_term + masked_mean(torch.relu(self.margin - rows), other)

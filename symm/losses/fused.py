@@ -17,6 +17,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from symm.losses.base import kth_hardest
+from symm.losses.grid import gather_rows
+from symm.losses.pairs import candidates_from_gram
 
 
 class SymmNPairLogits(torch.autograd.Function):
@@ -25,8 +27,11 @@ class SymmNPairLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]],  # type: ignore[override]
                 anchors_only: bool, rank: int, keep_positive: bool, alpha: float, beta: float, form: str,
-                eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+                eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = anchors.shape[0]
+        if row_mix is not None:  # row r of a pair is the sum of the sets row_mix[r] (the angular loss's X_s + X_t)
+            anchors_only, keep_positive = False, False
+            pairs = [(4 + r, t) for r, t in pairs]
         points = torch.cat([anchors, positives])
         kr = 1 if anchors_only else 2
         gram_rows = (anchors if anchors_only else points) @ points.T  # (kr·N, 2N)
@@ -39,22 +44,25 @@ class SymmNPairLogits(torch.autograd.Function):
         own_part = torch.full_like(along, own)
         eye = torch.eye(2, dtype=anchors.dtype, device=anchors.device)[:, :, None]
         coef = torch.cat([eye.expand(2, 2, n), own_part[:, None, :] + (along - own_part)[:, None, :] * eye])  # (4, 2, N)
-        # candidates X_s[i] · X_t[j], all pairs at once (few large kernels: the cost here is per kernel)
-        index = torch.tensor(pairs, device=anchors.device)
-        row_terms = (coef[:, :kr, None, :, None] * gram[None]).sum(1)  # (4, 2, N, N): Σ_k C[s,k,i] K[k,l]
-        candidates = (row_terms[index[:, 0]] * coef[index[:, 1], :, None, :]).sum(1)
-        values, which = kth_hardest(candidates, rank, dim=0, largest=True)
+        if row_mix is not None:
+            coef = torch.cat([coef, torch.stack([coef[list(mix)].sum(0) for mix in row_mix])])
+        # candidates X_s[i] · X_t[j], one output buffer; the choice overwrites it (fresh full-size
+        # temporaries, not arithmetic, are the cost on CPU)
+        candidates = candidates_from_gram(gram, coef, pairs)
+        values, which = kth_hardest(candidates, rank, dim=0, largest=True, scratch=True)
         if keep_positive:
             which.diagonal().fill_(pairs.index((0, 1)))
             values.diagonal().copy_(ap)
-        classes = torch.arange(n, device=which.device)
-        row_flat = (index[which, 0] * n + classes[:, None]).reshape(-1)
-        col_flat = (index[which, 1] * n + classes).reshape(-1)
+        which_flat = which.view(-1)
+        set_of_pair = torch.tensor(pairs, dtype=anchors.dtype, device=anchors.device).T.contiguous()  # (2, P): row set, col set
+        classes = torch.arange(n, dtype=anchors.dtype, device=anchors.device)
+        row_flat = set_of_pair[0].index_select(0, which_flat).view(n, n).mul_(n).add_(classes[:, None]).view(-1).long()
+        col_flat = set_of_pair[1].index_select(0, which_flat).view(n, n).mul_(n).add_(classes).view(-1).long()
         by_source = coef.transpose(0, 1).reshape(2, -1)
-        row_coef = by_source[:kr].index_select(1, row_flat).view(kr, n, n)
-        col_coef = by_source.index_select(1, col_flat).view(2, n, n)
+        row_coef = gather_rows(by_source[:kr], row_flat).view(kr, n, n)
+        col_coef = gather_rows(by_source, col_flat).view(2, n, n)
         ctx.save_for_backward(anchors, positives, points, gram_rows, row_coef, col_coef, row_flat, col_flat, along, axis_sq, full_diag)
-        ctx.consts = (n, kr, alpha * beta, eps)
+        ctx.consts = (n, kr, alpha * beta, eps, row_mix)
         ctx.mark_non_differentiable(which)
         return values, which
 
@@ -62,18 +70,31 @@ class SymmNPairLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         anchors, positives, points, gram_rows, row_coef, col_coef, row_flat, col_flat, along, axis_sq, full_diag = ctx.saved_tensors
-        n, kr, alpha_beta, eps = ctx.consts
+        n, kr, alpha_beta, eps, row_mix = ctx.consts
         gram = gram_rows.view(kr, n, 2, n).transpose(1, 2)
-        d_gram = grad * row_coef[:, None] * col_coef[None, :]  # (kr, 2, N, N)
-        d_row = grad * (gram * col_coef[None, :]).sum(1)  # (kr, N, N)
-        d_col = grad * (gram * row_coef[:, None]).sum(0)  # (2, N, N)
-        d_coef = torch.zeros(2, 4 * n, dtype=grad.dtype, device=grad.device)  # [k, s·N + i]
-        d_coef[:kr].index_add_(1, row_flat, d_row.reshape(kr, -1))
-        d_coef.index_add_(1, col_flat, d_col.reshape(2, -1))
-        d_along = torch.stack([d_coef[0, 2 * n: 3 * n], d_coef[1, 3 * n:]])  # S1's a-part, S2's p-part
+        d_rows = torch.empty_like(gram_rows)  # d_rows[k·N + i, l·N + j] = dK[k, l, i, j] = g·r_k·c_l
+        d_gram = d_rows.view(kr, n, 2, n).transpose(1, 2)
+        n_sets = 4 + (len(row_mix) if row_mix is not None else 0)
+        d_coef = torch.zeros(2, n_sets * n, dtype=grad.dtype, device=grad.device)  # [k, s·N + i]
+        work = torch.empty_like(grad)  # one scratch buffer for the per-entry products
+        for k in range(kr):
+            torch.mul(grad, row_coef[k], out=work)
+            for l in range(2):
+                torch.mul(work, col_coef[l], out=d_gram[k, l])
+            torch.mul(gram[k, 0], col_coef[0], out=work).addcmul_(gram[k, 1], col_coef[1]).mul_(grad)  # dr_k
+            d_coef[k].index_add_(0, row_flat, work.view(-1))
+        for l in range(2):
+            torch.mul(gram[0, l], row_coef[0], out=work)
+            for k in range(1, kr):
+                work.addcmul_(gram[k, l], row_coef[k])
+            d_coef[l].index_add_(0, col_flat, work.mul_(grad).view(-1))  # dc_l
+        if row_mix is not None:  # a summed row set passes its gradient to each of its sets
+            for r, mix in enumerate(row_mix):
+                for set_index in mix:
+                    d_coef[:, set_index * n:(set_index + 1) * n] += d_coef[:, (4 + r) * n:(5 + r) * n]
+        d_along = torch.stack([d_coef[0, 2 * n: 3 * n], d_coef[1, 3 * n: 4 * n]])  # S1's a-part, S2's p-part
         d_ap = (d_along * alpha_beta / axis_sq).sum(0)
         d_axis = -d_along * along / axis_sq * (full_diag > eps)
-        d_rows = d_gram.transpose(1, 2).reshape(kr * n, 2 * n)
         if kr == 2:
             d_points = (d_rows + d_rows.T) @ points
         else:
@@ -81,4 +102,5 @@ class SymmNPairLogits(torch.autograd.Function):
             d_points[:n] += d_rows @ points
         d_anchors = d_points[:n] + (2 * d_axis[0])[:, None] * anchors + d_ap[:, None] * positives
         d_positives = d_points[n:] + (2 * d_axis[1])[:, None] * positives + d_ap[:, None] * anchors
-        return d_anchors, d_positives, None, None, None, None, None, None, None, None
+        return d_anchors, d_positives, None, None, None, None, None, None, None, None, None
+

@@ -30,8 +30,15 @@ def _is_synthetic(pairs: list[tuple[int, int]] | tuple[tuple[int, int], ...], wh
 
 
 def _choose(candidates: torch.Tensor, rank: int) -> torch.Tensor:
-    """Index over the first dim of the rank-th largest candidate per entry (no autograd)."""
-    return kth_hardest(candidates, rank, dim=0, largest=True)[1]
+    """Index over the first dim of the rank-th largest candidate per entry (no autograd; overwrites ``candidates``)."""
+    return kth_hardest(candidates, rank, dim=0, largest=True, scratch=True)[1]
+
+
+def _chosen_sets(pairs: list[tuple[int, int]], which: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row set, column set) of the chosen pair per entry, as floats (int64 gathers on the grid are slow on CPU)."""
+    table = torch.tensor(pairs, dtype=dtype, device=which.device).T.contiguous()
+    flat = which.reshape(-1)
+    return table[0].index_select(0, flat).view(which.shape), table[1].index_select(0, flat).view(which.shape)
 
 
 class _LogitLoss(PairLoss):
@@ -78,8 +85,10 @@ class _LogitLoss(PairLoss):
 
 
 def _with_diagonal(logits: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
-    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    return torch.where(eye, torch.diag_embed(diagonal), logits)
+    """``logits`` with its diagonal replaced, in place (a fresh temporary of the caller; the same
+    values and gradients as torch.where(eye, diag_embed(diagonal), logits), without 3 N×N temporaries)."""
+    logits.diagonal().copy_(diagonal)
+    return logits
 
 
 class NPairLoss(_LogitLoss):
@@ -117,8 +126,7 @@ class NPairLoss(_LogitLoss):
             which = _choose(sets.candidates(pairs, anchors_only=anchors_only), self.hardness_rank)
             if self.keep_positive:  # the original a_i · p_i on the diagonal
                 which.diagonal().fill_(pairs.index((0, 1)))
-            index = torch.tensor(pairs, device=which.device)
-            rows, cols = index[which, 0], index[which, 1]
+            rows, cols = _chosen_sets(pairs, which, sets.coef.dtype)
         logits = sets.grid_sims(rows, cols, anchors_only=anchors_only)
         return logits, _is_synthetic(pairs, which)
 
@@ -149,33 +157,55 @@ class AngularLoss(_LogitLoss):
         off = (4 * self.tan_sq) * ((anchors + positives) @ positives.T)
         return _with_diagonal(off, (2 * (1 + self.tan_sq)) * (anchors * positives).sum(1))
 
-    def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
+    def _row_sums(self) -> tuple[list[tuple[int, int]], list[tuple[int, ...]], list[tuple[int, int]]]:
+        """(ordered set pairs (s, t), summed row sets, pairs as (index of the row sum of s and t, t))."""
         if self.symm_mode == "official":
             set_pairs = list(OFFICIAL_ORDERED_PAIRS)
-        else:  # point4: (a_i + p_i) against the 4 points of S_j
-            set_pairs = [(0, t) for t in range(4)] if self.symm_mode == "point4" else []
-        coef = sets.coef
-        if self.symm_mode == "official":
             sums = sorted({tuple(sorted(pair)) for pair in set_pairs})
-            first = sets.extend(torch.stack([coef[s] + coef[t] for s, t in sums]))
-            pairs = [(first + sums.index(tuple(sorted((s, t)))), t) for s, t in set_pairs]
-        else:
-            first = sets.extend((coef[0] + coef[1])[None])
-            pairs = [(first, t) for t in range(4)]
+            return set_pairs, sums, [(sums.index(tuple(sorted((s, t)))), t) for s, t in set_pairs]
+        return [(0, t) for t in range(4)], [(0, 1)], [(0, t) for t in range(4)]  # point4: (a_i + p_i) against S_j
+
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        reflection = self.reflection
+        if reflection["rescale_to_axis_norm"]:
+            return None
+        set_pairs, sums, pairs = self._row_sums()
+        off, which = SymmNPairLogits.apply(anchors, positives, pairs, False, self.hardness_rank, False, reflection["alpha"],
+                                           reflection["beta"], reflection["form"], 1e-12, tuple(sums))
+        off = (4 * self.tan_sq) * off
+        if self.keep_positive:
+            diagonal = (anchors * positives).sum(1)
+        else:  # official: the rank-th of the 12 diagonal candidates, with autograd (O(N))
+            diagonal, which = self._official_diagonal(symmetric_sets(anchors, positives, **reflection, with_norms=False),
+                                                      set_pairs, which)
+        return _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal), _is_synthetic(set_pairs, which)
+
+    def _official_diagonal(self, sets: PointSets, set_pairs: list[tuple[int, int]],
+                           which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rank-th of the diagonal candidates X_s[i] · X_t[i], and ``which`` with its diagonal set to that choice."""
+        coef = sets.coef
+        kd = torch.stack([torch.stack([sets.sq_norms[0], sets.ap]), torch.stack([sets.ap, sets.sq_norms[1]])])
+        rows = coef[[s for s, _ in set_pairs]]
+        cols = coef[[t for _, t in set_pairs]]
+        diag_candidates = torch.einsum("cki,kli,cli->ci", rows, kd, cols)
+        diagonal, diag_which = kth_hardest(diag_candidates, self.hardness_rank, dim=0, largest=True)
+        which = which.clone()
+        which.diagonal().copy_(diag_which)
+        return diagonal, which
+
+    def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
+        set_pairs, sums, sum_pairs = self._row_sums()
+        coef = sets.coef
+        first = sets.extend(torch.stack([coef[list(mix)].sum(0) for mix in sums]))
+        pairs = [(first + r, t) for r, t in sum_pairs]
         with torch.no_grad():
             which = _choose(sets.candidates(pairs), self.hardness_rank)
-            index = torch.tensor(pairs, device=which.device)
-        off = (4 * self.tan_sq) * sets.grid_sims(index[which, 0], index[which, 1])
+            rows, cols = _chosen_sets(pairs, which, sets.coef.dtype)
+        off = (4 * self.tan_sq) * sets.grid_sims(rows, cols)
         if self.keep_positive:
             diagonal = sets.ap
         else:  # official: the rank-th of the 12 diagonal candidates X_s[i] · X_t[i]
-            kd = torch.stack([torch.stack([sets.sq_norms[0], sets.ap]), torch.stack([sets.ap, sets.sq_norms[1]])])
-            rows = coef[[s for s, _ in set_pairs]]
-            cols = coef[[t for _, t in set_pairs]]
-            diag_candidates = torch.einsum("cki,kli,cli->ci", rows, kd, cols)
-            diagonal, diag_which = kth_hardest(diag_candidates, self.hardness_rank, dim=0, largest=True)
-            which = which.clone()
-            which.diagonal().copy_(diag_which)
+            diagonal, which = self._official_diagonal(sets, set_pairs, which)
         logits = _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal)
         return logits, _is_synthetic(set_pairs, which)
 
