@@ -41,6 +41,8 @@ RESULTS_PATH = REPO_ROOT / "results" / "sweep.json"
 
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune trainable: one (dataset, method, seed), logged to its own MLflow child run."""
+    import logging
+
     import mlflow
     import numpy as np
     import torch
@@ -50,6 +52,8 @@ def run_trial(config: dict[str, Any]) -> None:
     from symm.data.trial import open_prepared
     from symm.training import EvalEvent, train_trial
 
+    # one "Checkpoint successfully created at: ..." INFO line per epoch and trial buries the progress lines
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     dataset, method, seed = config["dataset"], config["method"], config["seed"]
     science = parse_science_params(apply_overrides(config["science"], method, config.get("overrides") or {}))
     searching = config.get("phase") == "search"  # HPO search: validation only, test classes never embedded
