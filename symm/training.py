@@ -211,10 +211,8 @@ def train_trial(
     def embed_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return data.embed(runner, split, batch_size=eval_cfg.batch_size, device=device)
 
-    def evaluate_split(split: str, progress: bool | None = False,
-                       embedded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
-        embeddings, labels = embedded if embedded is not None else embed_split(split)
-        return evaluate(embeddings, labels, ks=eval_cfg.ks, seed=seed, progress=progress)
+    def evaluate_split(split: str) -> dict[str, float]:
+        return evaluate(*embed_split(split), ks=eval_cfg.ks, seed=seed, progress=False)
 
     running: dict[str, list[float]] = {}
     model.train()
@@ -239,8 +237,10 @@ def train_trial(
                 on_eval(EvalEvent(step, epoch, train_logs, val, is_best, checkpoint, test))
 
     model.load_state_dict(best_weights)
-    test_embeddings = embed_split("test") if final_test else None
-    # a progress bar on a terminal (not in Ray's worker logs)
-    test = evaluate_split("test", progress=None, embedded=test_embeddings) if final_test else {}
+    test_embeddings, test = None, {}
+    if final_test:
+        test_embeddings = embed_split("test")
+        # a progress bar on a terminal (not in Ray's worker logs)
+        test = evaluate(*test_embeddings, ks=eval_cfg.ks, seed=seed, progress=None)
     return TrialResult(best_step=best_step, best_val=best_val, test=test, history=history, model=model,
                        selection=selection, runner=runner, test_embeddings=test_embeddings)

@@ -165,3 +165,9 @@ def check_non_negative(**values: float) -> None:
     for key, value in values.items():
         if value < 0:
             raise ValueError(f"{key} must be >= 0, got {value}")
+
+
+def check_positive(**values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{key} must be > 0, got {value}")

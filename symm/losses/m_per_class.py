@@ -56,12 +56,6 @@ def _first_occurrence(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return unique, first, counts
 
 
-def is_pair_batch(labels: torch.Tensor) -> bool:
-    """Every label exactly twice: the losses' own contract, no splitting needed."""
-    _, counts = torch.unique(labels, return_counts=True)
-    return bool((counts == 2).all())
-
-
 def mean_over_pair_sub_batches(
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     embeddings: torch.Tensor,
@@ -72,12 +66,13 @@ def mean_over_pair_sub_batches(
     ``loss`` is a pair loss (``loss(embeddings, labels)``, ``last_stats`` optional). On an N-pair
     batch this is ``loss(embeddings, labels)`` itself.
     """
-    if is_pair_batch(labels):
+    sub_batches = pair_sub_batches(labels)
+    if len(sub_batches) == 1:  # already an N-pair batch: the loss's own layout and fast path
         value = loss(embeddings, labels)
         return value, dict(getattr(loss, "last_stats", {}))
     values: list[torch.Tensor] = []
     stats: dict[str, list[float]] = {}
-    for index in pair_sub_batches(labels):
+    for index in sub_batches:
         values.append(loss(embeddings[index], labels[index]))
         for key, stat in getattr(loss, "last_stats", {}).items():
             stats.setdefault(key, []).append(stat)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from symm.losses import create_loss
+from symm.losses.base import check_non_negative, check_positive
 from symm.config import OptimizerConfig
 from symm.methods.base import OptimizerSet, TrainingMethod, check_finite, route_gradients
 from symm.methods.tuples import npair_rows, pair_order, sq_dist, triplet_hinge, triplet_indices
@@ -74,13 +75,9 @@ class DAMLMethod(TrainingMethod):
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
         if warmup_steps is not None and warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        for name, value in dict(lambda1=lambda1, lambda2=lambda2, adv_margin=adv_margin).items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        for name, value in dict(backbone_lr_scale=backbone_lr_scale, head_lr_scale=head_lr_scale,
-                                generator_lr_scale=generator_lr_scale).items():
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        check_non_negative(lambda1=lambda1, lambda2=lambda2, adv_margin=adv_margin)
+        check_positive(backbone_lr_scale=backbone_lr_scale, head_lr_scale=head_lr_scale,
+                       generator_lr_scale=generator_lr_scale)
         self.base_name, self.update = base_loss, update
         self.base = create_loss(base_loss, negatives="none", **loss_options)
         self.lambda1, self.lambda2, self.adv_margin = lambda1, lambda2, adv_margin

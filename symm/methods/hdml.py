@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from symm.losses import create_loss
+from symm.losses.base import check_positive
 from symm.config import OptimizerConfig
 from symm.methods.base import OptimizerSet, RunningMean, TrainingMethod, check_finite, constant_adam, route_gradients
 from symm.methods.tuples import npair_rows, pair_order, triplet_hinge, triplet_indices
@@ -88,10 +89,8 @@ class HDMLMethod(TrainingMethod):
             raise ValueError(f"unknown HDML preset {preset!r}; known: {sorted(PRESETS)} (or set beta)")
         if not 0 <= gen_lambda <= 1:
             raise ValueError(f"gen_lambda must be in [0, 1], got {gen_lambda}")
-        for name, value in dict(softmax_scale=softmax_scale, generator_lr=generator_lr, classifier_lr=classifier_lr,
-                                initial_mean=initial_mean, hidden_dim=hidden_dim).items():
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        check_positive(softmax_scale=softmax_scale, generator_lr=generator_lr, classifier_lr=classifier_lr,
+                       initial_mean=initial_mean, hidden_dim=hidden_dim)
         self.base_name, self.variant = base_loss, variant
         self.base = create_loss(base_loss, negatives="none", **loss_options)
         self.alpha = ALPHA[base_loss] if alpha is None else float(alpha)
