@@ -116,6 +116,11 @@ class PairLoss(nn.Module):
             share = flags.mean() if flags.numel() else torch.zeros(())
         self.last_stats = {"synthetic_share": share.item()}
 
+    def record_synthetic_share(self, share: float) -> None:
+        """Log an off-diagonal synthetic share already counted (by the compiled Symm logit node)."""
+        if self.negatives == "symm":
+            self.last_stats = {"synthetic_share": share}
+
     def extra_repr(self) -> str:
         return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
 

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from symm.losses.base import kth_hardest
 from symm.losses.grid import gather_rows
+from symm.losses.kernels import CompiledSymmNPairLogits, usable
 from symm.losses.pairs import candidates_from_gram
 
 
@@ -104,3 +105,19 @@ class SymmNPairLogits(torch.autograd.Function):
         d_positives = d_points[n:] + (2 * d_axis[1])[:, None] * positives + d_ap[:, None] * anchors
         return d_anchors, d_positives, None, None, None, None, None, None, None, None, None
 
+
+def symm_npair_logits(anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]], anchors_only: bool,
+                      rank: int, keep_positive: bool, alpha: float, beta: float, form: str, eps: float = 1e-12,
+                      row_mix: tuple[tuple[int, ...], ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """(N, N) chosen logits, the chosen set pair, and the share of off-diagonal choices involving a
+    synthetic set where the node counted it (None: count it from ``which``).
+
+    The compiled node (``symm.losses.kernels``) where it applies, else ``SymmNPairLogits``.
+    """
+    if usable(anchors, rank):
+        values, which, share = CompiledSymmNPairLogits.apply(anchors, positives, pairs, anchors_only, rank, keep_positive,
+                                                             alpha, beta, form, eps, row_mix)
+        return values, which, share.item()
+    values, which = SymmNPairLogits.apply(anchors, positives, pairs, anchors_only, rank, keep_positive, alpha, beta, form,
+                                          eps, row_mix)
+    return values, which, None

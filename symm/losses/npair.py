@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
-from symm.losses.fused import SymmNPairLogits
+from symm.losses.fused import symm_npair_logits
 from symm.losses.pairs import PointSets, split_pairs, symmetric_sets
 
 # The release's six unordered set pairs over [A, P, S1, S2], in its list order.
@@ -57,8 +57,13 @@ class _LogitLoss(PairLoss):
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The same logits from one autograd node (``symm.losses.fused``), or None where not offered."""
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
+                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
+        """The same logits from one autograd node (``symm.losses.fused``), or None where not offered.
+
+        The second item: the (N, N) synthetic flags, or with ``flags=False`` the off-diagonal share
+        as a float where the node counted it (the training path: no flags grid to build and reduce).
+        """
         return None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,12 +72,15 @@ class _LogitLoss(PairLoss):
             anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
         n = anchors.shape[0]
         if self.negatives == "symm":
-            fused = self.fused_symm_logits(anchors, positives)
+            fused = self.fused_symm_logits(anchors, positives, flags=False)
             if fused is not None:
                 logits, synthetic = fused
             else:
                 logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection, with_norms=False))
-            self.record_synthetic(synthetic, off_diagonal=True)
+            if isinstance(synthetic, float):
+                self.record_synthetic_share(synthetic)
+            else:
+                self.record_synthetic(synthetic, off_diagonal=True)
         else:
             logits = self.plain_logits(anchors, positives)
         targets = torch.arange(n, device=logits.device)
@@ -110,14 +118,15 @@ class NPairLoss(_LogitLoss):
             return [(0, t) for t in range(4)]
         return [(s, t) for s in range(4) for t in range(4)]  # pair16: all 16 cross combinations
 
-    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
+                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         reflection = self.reflection
         if reflection["rescale_to_axis_norm"]:
             return None
         pairs = self.symm_pairs()
-        logits, which = SymmNPairLogits.apply(anchors, positives, pairs, self.symm_mode == "point4", self.hardness_rank,
-                                              self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"])
-        return logits, _is_synthetic(pairs, which)
+        logits, which, share = symm_npair_logits(anchors, positives, pairs, self.symm_mode == "point4", self.hardness_rank,
+                                                 self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"])
+        return logits, share if share is not None and not flags else _is_synthetic(pairs, which)
 
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = self.symm_pairs()
@@ -165,20 +174,23 @@ class AngularLoss(_LogitLoss):
             return set_pairs, sums, [(sums.index(tuple(sorted((s, t)))), t) for s, t in set_pairs]
         return [(0, t) for t in range(4)], [(0, 1)], [(0, t) for t in range(4)]  # point4: (a_i + p_i) against S_j
 
-    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
+                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         reflection = self.reflection
         if reflection["rescale_to_axis_norm"]:
             return None
         set_pairs, sums, pairs = self._row_sums()
-        off, which = SymmNPairLogits.apply(anchors, positives, pairs, False, self.hardness_rank, False, reflection["alpha"],
-                                           reflection["beta"], reflection["form"], 1e-12, tuple(sums))
+        off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
+                                              reflection["alpha"], reflection["beta"], reflection["form"], 1e-12, tuple(sums))
         off = (4 * self.tan_sq) * off
         if self.keep_positive:
             diagonal = (anchors * positives).sum(1)
         else:  # official: the rank-th of the 12 diagonal candidates, with autograd (O(N))
             diagonal, which = self._official_diagonal(symmetric_sets(anchors, positives, **reflection, with_norms=False),
                                                       set_pairs, which)
-        return _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal), _is_synthetic(set_pairs, which)
+        # the share counts off-diagonal choices only: the official diagonal's choice does not change it
+        synthetic = share if share is not None and not flags else _is_synthetic(set_pairs, which)
+        return _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal), synthetic
 
     def _official_diagonal(self, sets: PointSets, set_pairs: list[tuple[int, int]],
                            which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

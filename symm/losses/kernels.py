@@ -1,0 +1,280 @@
+"""Compiled CPU loops (numba) for the Symm+N-pair / Symm+angular logit node.
+
+Why: on CPU at the paper's batch (N = 64 pairs) the Symm logit node is bound by the number of
+tensor calls, not by arithmetic: building the candidates, choosing the hardest, gathering the
+winners' coefficients and their backward are ~100 small kernels of a few microseconds each.
+Here they are two compiled loops over the (N, N) grid, one forward and one backward, around the
+unavoidable matmuls (the Gram rows forward, one or two products backward), which stay in torch.
+
+Same arithmetic as ``symm.losses.fused.SymmNPairLogits`` (the reference the tests compare it
+with): the candidate X_s[i] · X_t[j] = Σ_kl C[s,k,i] K[k,l,i,j] C[t,l,j], the first of the
+largest wins, the diagonal keeps a_i · p_i where asked; the backward is the closed form through
+the reflection coefficients along_s = αβ·(a·p)/max(||axis_s||², eps). The squared norms and a·p
+are row sums over the points (equal points give bitwise equal values, so exact ties stay exact
+and the first winner is the torch node's).
+
+Used when numba is importable, the tensors are float32/float64 on the CPU and the hardest
+candidate is chosen (hardness rank 1); ``SYMM_COMPILED_KERNELS=0`` in the environment turns it
+off (everything then runs through the torch node, same values).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+try:  # an optional speed-up: without numba the torch node is used
+    import numba
+except ImportError:  # pragma: no cover - numba is pinned in requirements.txt
+    numba = None
+
+
+def compiled_kernels_enabled() -> bool:
+    """Whether the compiled loops may be used at all (numba importable, not switched off)."""
+    return numba is not None and os.environ.get("SYMM_COMPILED_KERNELS", "1") != "0"
+
+
+def usable(tensor: torch.Tensor, rank: int) -> bool:
+    """Whether the compiled node applies to this input (CPU float tensors, hardest candidate)."""
+    return (compiled_kernels_enabled() and rank == 1 and tensor.device.type == "cpu"
+            and tensor.dtype in (torch.float32, torch.float64))
+
+
+if numba is not None:
+    _jit = numba.njit(cache=True, nogil=True)
+
+    # reassociation only (no NaN/inf assumptions): the row sums vectorise; a·a and a·p of equal
+    # points still run the same code in the same order, so they stay bitwise equal
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+    def _coefficients(points, alpha_beta, own, eps, mix, diag, coef):  # pragma: no cover - compiled
+        """diag = [||a_j||², a_j·p_j, ||p_j||²] (row sums in one order: equal points give equal values,
+        so exact ties stay exact) and coef[s, k, j] of [A, P, S1, S2] and the summed row sets of ``mix``."""
+        n = points.shape[0] // 2
+        for j in range(n):
+            sa = points[j, 0] * 0  # accumulate in the points' precision (vectorised)
+            ap = sa
+            sp = sa
+            for d in range(points.shape[1]):
+                a = points[j, d]
+                p = points[n + j, d]
+                sa += a * a
+                ap += a * p
+                sp += p * p
+            diag[0, j] = sa
+            diag[1, j] = ap
+            diag[2, j] = sp
+            coef[0, 0, j] = 1.0
+            coef[0, 1, j] = 0.0
+            coef[1, 0, j] = 0.0
+            coef[1, 1, j] = 1.0
+            coef[2, 0, j] = alpha_beta * ap / max(sa, eps)  # S1 = reflect(P, axis A): along A
+            coef[2, 1, j] = own
+            coef[3, 0, j] = own
+            coef[3, 1, j] = alpha_beta * ap / max(sp, eps)  # S2 = reflect(A, axis P): along P
+            for r in range(mix.shape[0]):
+                for k in range(2):
+                    total = 0.0
+                    for s in range(4):
+                        total += mix[r, s] * coef[s, k, j]
+                    coef[4 + r, k, j] = total
+
+    @_jit
+    def _forward(gram, coef, diag, kr, pair_rows, pair_cols, keep_pair, values, which):  # pragma: no cover - compiled
+        """values[i, j] = the largest candidate X_s[i] · X_t[j] over the pairs, which[i, j] its pair (the first on ties).
+
+        The inner loop runs over j on contiguous rows (vectorised); a NaN candidate sticks (as amax).
+        """
+        n = gram.shape[1] // 2
+        for i in range(n):
+            best = values[i]
+            chosen = which[i]
+            g00 = gram[i, :n]
+            g01 = gram[i, n:]
+            for c in range(pair_rows.shape[0]):
+                s = pair_rows[c]
+                t = pair_cols[c]
+                c0 = coef[t, 0]
+                c1 = coef[t, 1]
+                if kr == 1:  # the anchors' rows: X_0[i] = a_i
+                    for j in range(n):
+                        value = g00[j] * c0[j] + g01[j] * c1[j]
+                        if c == 0 or value > best[j] or value != value:
+                            best[j] = value
+                            chosen[j] = c
+                else:
+                    r0 = coef[s, 0, i]
+                    r1 = coef[s, 1, i]
+                    g10 = gram[n + i, :n]
+                    g11 = gram[n + i, n:]
+                    for j in range(n):
+                        value = (r0 * g00[j] + r1 * g10[j]) * c0[j] + (r0 * g01[j] + r1 * g11[j]) * c1[j]
+                        if c == 0 or value > best[j] or value != value:
+                            best[j] = value
+                            chosen[j] = c
+            if keep_pair >= 0:  # the original a_i · p_i on the diagonal
+                best[i] = diag[1, i]
+                chosen[i] = keep_pair
+
+    @_jit
+    def _symmetrise(matrix, size):  # pragma: no cover - compiled
+        """matrix[:size, :size] += its transpose, in cache-sized tiles (the diagonal doubled)."""
+        tile = 32
+        for start_a in range(0, size, tile):
+            for start_b in range(start_a, size, tile):
+                for a in range(start_a, min(start_a + tile, size)):
+                    for b in range(max(start_b, a + 1), min(start_b + tile, size)):
+                        total = matrix[a, b] + matrix[b, a]
+                        matrix[a, b] = total
+                        matrix[b, a] = total
+        for a in range(size):
+            matrix[a, a] += matrix[a, a]
+
+    @_jit
+    def _backward(grad, gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, which,
+                  d_rows, d_sq_positives):  # pragma: no cover - compiled
+        """d_rows: the matmul-ready gradient of the Gram rows (symmetrised where the Gram is
+        symmetric in the points); d_sq_positives: (N, 1), 2·d/d||p_j||² (used where it is not on the Gram, kr = 1)."""
+        n = gram.shape[1] // 2
+        d_coef = np.zeros(coef.shape, dtype=coef.dtype)
+        for i in range(n):
+            for j in range(n):
+                g = grad[i, j]
+                c = which[i, j]
+                t = pair_cols[c]
+                c0 = coef[t, 0, j]
+                c1 = coef[t, 1, j]
+                k00 = gram[i, j]
+                k01 = gram[i, n + j]
+                if kr == 1:  # row set: the anchors (identity coefficients, no gradient of their own)
+                    d_rows[i, j] = g * c0
+                    d_rows[i, n + j] = g * c1
+                    d_coef[t, 0, j] += g * k00
+                    d_coef[t, 1, j] += g * k01
+                else:
+                    s = pair_rows[c]
+                    k10 = gram[n + i, j]
+                    k11 = gram[n + i, n + j]
+                    g0 = g * coef[s, 0, i]
+                    g1 = g * coef[s, 1, i]
+                    d_rows[i, j] = g0 * c0
+                    d_rows[i, n + j] = g0 * c1
+                    d_rows[n + i, j] = g1 * c0
+                    d_rows[n + i, n + j] = g1 * c1
+                    d_coef[s, 0, i] += g * (k00 * c0 + k01 * c1)
+                    d_coef[s, 1, i] += g * (k10 * c0 + k11 * c1)
+                    d_coef[t, 0, j] += g0 * k00 + g1 * k10
+                    d_coef[t, 1, j] += g0 * k01 + g1 * k11
+        for r in range(mix.shape[0]):  # a summed row set passes its gradient to each of its sets
+            for s in range(4):
+                if mix[r, s] != 0:
+                    for k in range(2):
+                        for j in range(n):
+                            d_coef[s, k, j] += mix[r, s] * d_coef[4 + r, k, j]
+        _symmetrise(d_rows, kr * n)  # the Gram rows are a function of the points on both sides
+        for j in range(n):  # the coefficients' dependence on ||a||², a·p, ||p||² (Gram diagonal entries)
+            sa = diag[0, j]
+            ap = diag[1, j]
+            sp = diag[2, j]
+            axis_a = max(sa, eps)
+            axis_p = max(sp, eps)
+            d_along_a = d_coef[2, 0, j]  # S1's coefficient on its axis a
+            d_along_p = d_coef[3, 1, j]  # S2's coefficient on its axis p
+            d_ap = alpha_beta * (d_along_a / axis_a + d_along_p / axis_p)
+            d_sa = -d_along_a * (alpha_beta * ap / axis_a) / axis_a if sa > eps else 0.0
+            d_sp = -d_along_p * (alpha_beta * ap / axis_p) / axis_p if sp > eps else 0.0
+            d_rows[j, j] += 2.0 * d_sa  # ||a_j||² = G[j, j]
+            d_rows[j, n + j] += d_ap  # a_j · p_j = G[j, N + j] (and G[N + j, j] when kr = 2)
+            if kr == 2:
+                d_rows[n + j, j] += d_ap
+                d_rows[n + j, n + j] += 2.0 * d_sp
+            d_sq_positives[j, 0] = 2.0 * d_sp  # d/dp_j = 2·d_sp·p_j, where ||p_j||² is not on the Gram (kr = 1)
+
+
+    @_jit
+    def _forward_all(points, gram, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix, keep_pair, synthetic_pair,
+                     diag, coef, values, which):  # pragma: no cover - compiled
+        """Coefficients, choice and values; returns how many off-diagonal choices involve a synthetic set."""
+        _coefficients(points, alpha_beta, own, eps, mix, diag, coef)
+        _forward(gram, coef, diag, kr, pair_rows, pair_cols, keep_pair, values, which)
+        n = which.shape[0]
+        count = 0
+        for i in range(n):
+            for j in range(n):
+                if j != i:
+                    count += synthetic_pair[which[i, j]]
+        return count
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive: bool,
+          row_mix: tuple[tuple[int, ...], ...] | None) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """(kr, row set per pair, column set per pair, summed-row-set membership, index of (A, P) or -1,
+    1 where the pair involves a synthetic set), once per selection."""
+    synthetic = [int(t >= 2 or (s >= 2 if row_mix is None else max(row_mix[s]) >= 2)) for s, t in pairs]
+    mix = np.zeros((0 if row_mix is None else len(row_mix), 4), dtype=np.float64)
+    if row_mix is not None:  # row r of a pair is the sum of the sets row_mix[r] (the angular loss's X_s + X_t)
+        anchors_only, keep_positive = False, False
+        pairs = tuple((4 + r, t) for r, t in pairs)
+        for r, sets in enumerate(row_mix):
+            mix[r, list(sets)] = 1.0
+    if anchors_only and any(s != 0 for s, _ in pairs):
+        raise ValueError("anchors_only needs every pair's row set to be the anchors (set 0)")
+    pair_rows = np.array([s for s, _ in pairs], dtype=np.int64)
+    pair_cols = np.array([t for _, t in pairs], dtype=np.int64)
+    return (1 if anchors_only else 2, pair_rows, pair_cols, mix, pairs.index((0, 1)) if keep_positive else -1,
+            np.array(synthetic, dtype=np.int64))
+
+
+class CompiledSymmNPairLogits(torch.autograd.Function):
+    """``SymmNPairLogits`` with the grid work in compiled loops; same call, values and gradients (rank 1).
+
+    A third output: the share of off-diagonal choices that involve a synthetic set (0-d, no gradient),
+    counted in the loop (the flags grid and its reduction cost more than the count on CPU).
+
+    Per call: one cat and one matmul forward, one compiled loop each way, one or two matmuls backward;
+    the compiled loops work on NumPy views of the tensors (no copies), kept on ``ctx`` for backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]],  # type: ignore[override]
+                anchors_only: bool, rank: int, keep_positive: bool, alpha: float, beta: float, form: str,
+                eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if rank != 1:
+            raise ValueError("the compiled Symm logit node chooses the hardest candidate only (hardness_rank=1)")
+        kr, pair_rows, pair_cols, mix, keep_pair, synthetic_pair = _plan(tuple(pairs), anchors_only, keep_positive, row_mix)
+        n = anchors.shape[0]
+        points = torch.cat([anchors, positives])
+        gram_rows = (points[:n] if kr == 1 else points) @ points.T  # (kr·N, 2N)
+        coef = gram_rows.new_empty(4 + mix.shape[0], 2, n)
+        diag = gram_rows.new_empty(3, n)
+        values = gram_rows.new_empty(n, n)
+        which = torch.empty(n, n, dtype=torch.long)
+        own = beta * (1 - alpha) if form == "paper" else -beta
+        arrays = (points.numpy(), gram_rows.numpy(), coef.numpy(), diag.numpy())
+        count = _forward_all(arrays[0], arrays[1], kr, alpha * beta, own, eps, pair_rows, pair_cols, mix, keep_pair,
+                             synthetic_pair, arrays[3], arrays[2], values.numpy(), which.numpy())
+        share = torch.tensor(count / (n * (n - 1)), dtype=torch.float64)
+        ctx.kept = (points, gram_rows, arrays, which.numpy(), kr, alpha * beta, eps, pair_rows, pair_cols, mix)
+        ctx.mark_non_differentiable(which, share)
+        return values, which, share
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        points, gram_rows, (_, gram, coef, diag), which, kr, alpha_beta, eps, pair_rows, pair_cols, mix = ctx.kept
+        n = diag.shape[1]
+        d_rows = torch.empty_like(gram_rows)
+        d_sq_positives = torch.empty(n, 1, dtype=gram_rows.dtype)
+        _backward(grad.contiguous().numpy(), gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, which,
+                  d_rows.numpy(), d_sq_positives.numpy())
+        if kr == 2:  # d_rows is the symmetrised (2N, 2N) gradient of points · pointsᵀ
+            d_points = d_rows @ points
+            d_anchors, d_positives = d_points[:n], d_points[n:]
+        else:  # gram_rows = A · [A; P]ᵀ: the A·Aᵀ block symmetrised, A·Pᵀ as is
+            d_anchors = d_rows @ points
+            d_positives = torch.addcmul(d_rows[:, n:].T @ points[:n], points[n:], d_sq_positives)
+        return d_anchors, d_positives, None, None, None, None, None, None, None, None, None

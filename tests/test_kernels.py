@@ -1,0 +1,187 @@
+"""The compiled Symm logit node (symm.losses.kernels, numba) against the torch node it speeds up.
+
+Reference: ``symm.losses.fused.SymmNPairLogits`` (itself checked against the autograd path,
+numpy re-derivations of the release and brute-force loops in test_losses.py / test_npair.py /
+test_angular_fused.py): the same logits, the same chosen set pair (first winner on ties) and
+the same gradients, for every set-pair selection the losses use.
+"""
+import pytest
+import torch
+
+from symm.losses import create_loss
+from symm.losses.fused import SymmNPairLogits, symm_npair_logits
+from symm.losses.kernels import CompiledSymmNPairLogits, compiled_kernels_enabled
+from symm.losses.npair import OFFICIAL_ORDERED_PAIRS, OFFICIAL_SET_PAIRS
+
+pytestmark = pytest.mark.skipif(not compiled_kernels_enabled(), reason="numba not importable or switched off")
+
+ANGULAR_SUMS = tuple(sorted({tuple(sorted(pair)) for pair in OFFICIAL_ORDERED_PAIRS}))
+SELECTIONS = {
+    "npair official": dict(pairs=list(OFFICIAL_SET_PAIRS), anchors_only=False, keep_positive=False),
+    "npair official, positive kept": dict(pairs=list(OFFICIAL_SET_PAIRS), anchors_only=False, keep_positive=True),
+    "npair point4": dict(pairs=[(0, t) for t in range(4)], anchors_only=True, keep_positive=True),
+    "npair pair16": dict(pairs=[(s, t) for s in range(4) for t in range(4)], anchors_only=False, keep_positive=True),
+    "angular official": dict(pairs=[(ANGULAR_SUMS.index(tuple(sorted((s, t)))), t) for s, t in OFFICIAL_ORDERED_PAIRS],
+                             anchors_only=False, keep_positive=False, row_mix=ANGULAR_SUMS),
+    "angular point4": dict(pairs=[(0, t) for t in range(4)], anchors_only=False, keep_positive=False, row_mix=((0, 1),)),
+}
+REFLECTIONS = [dict(alpha=2.0, beta=1.0, form="paper"), dict(alpha=1.5, beta=0.5, form="paper"),
+               dict(alpha=2.5, beta=1.5, form="official")]
+
+
+def _node_args(selection: dict, alpha: float = 2.0, beta: float = 1.0, form: str = "paper") -> tuple:
+    """The node's arguments after (anchors, positives) for a selection (hardness rank 1)."""
+    return (selection["pairs"], selection["anchors_only"], 1, selection["keep_positive"], alpha, beta, form, 1e-12,
+            selection.get("row_mix"))
+
+
+def _random_points(seed: int, n: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    anchors, positives = torch.randn(2, n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return anchors, positives
+
+
+def _assert_same_choice(which, ref_which):
+    """The chosen set pair agrees off the diagonal (exact ties: the first wins in both nodes).
+
+    On the diagonal a_i · S1_i and p_i · S2_i are the same function, (αβ + own)·a_i·p_i, for
+    every reflection (and equal a_i · p_i for α = 2, β = 1): which of them wins is float
+    rounding in either node; the values and gradients (compared by the callers) are the same.
+    """
+    off = ~torch.eye(which.shape[0], dtype=torch.bool)
+    assert torch.equal(which[off], ref_which[off])
+
+
+def _both_nodes(anchors, positives, selection, reflection, weights):
+    results = []
+    for node in (CompiledSymmNPairLogits, SymmNPairLogits):
+        a, p = anchors.detach().clone().requires_grad_(), positives.detach().clone().requires_grad_()
+        values, which = node.apply(a, p, *_node_args(selection, **reflection))[:2]
+        grads = torch.autograd.grad((values * weights).sum(), (a, p))
+        results.append((values, which, grads))
+    return results
+
+
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+@pytest.mark.parametrize("reflection", REFLECTIONS, ids=["paper", "alpha1.5-beta0.5", "official-form"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compiled_node_equals_the_torch_node(name, reflection, seed):
+    g = torch.Generator().manual_seed(seed)
+    n, dim = 9, 6
+    anchors = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    positives = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    weights = torch.randn(n, n, generator=g, dtype=torch.float64)
+    (values, which, grads), (ref_values, ref_which, ref_grads) = _both_nodes(anchors, positives, SELECTIONS[name], reflection, weights)
+    torch.testing.assert_close(values, ref_values)
+    _assert_same_choice(which, ref_which)
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref)
+
+
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+def test_counted_synthetic_share_equals_the_share_of_the_flags(name):
+    # reference: an explicit loop over the off-diagonal choices of the torch node
+    n = 12
+    anchors, positives = _random_points(4, n, 6)
+    selection = SELECTIONS[name]
+    args = _node_args(selection)
+    _, _, share = CompiledSymmNPairLogits.apply(anchors, positives, *args)
+    _, which = SymmNPairLogits.apply(anchors, positives, *args)
+    mix = selection.get("row_mix")
+    synthetic = 0
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                s, t = selection["pairs"][int(which[i, j])]
+                sets = (t, *mix[s]) if mix is not None else (s, t)
+                synthetic += max(sets) >= 2
+    assert 0 < synthetic < n * (n - 1)
+    assert share.item() == pytest.approx(synthetic / (n * (n - 1)))
+
+
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+def test_compiled_node_in_float32_matches_float64(name):
+    anchors, positives = _random_points(3, 16, 12)
+    selection = SELECTIONS[name]
+    exact = CompiledSymmNPairLogits.apply(anchors, positives, *_node_args(selection))[0]
+    single = CompiledSymmNPairLogits.apply(anchors.float(), positives.float(), *_node_args(selection))[0]
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+def test_compiled_node_passes_gradcheck(name):
+    g = torch.Generator().manual_seed(5)
+    n, dim = 5, 4
+    anchors = torch.randn(n, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    positives = torch.randn(n, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    selection = SELECTIONS[name]
+
+    def logits(a, p):
+        return CompiledSymmNPairLogits.apply(a, p, *_node_args(selection))[0]
+
+    assert torch.autograd.gradcheck(logits, (anchors, positives))
+
+
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+def test_duplicates_and_zero_norm_points_tie_and_stay_finite(name):
+    # a_j = p_j makes A, P and both mirror images coincide (exact ties: the first set pair wins,
+    # as in the torch node); a zero embedding has a zero-norm axis (eps clamp, finite gradient)
+    g = torch.Generator().manual_seed(7)
+    n, dim = 6, 5
+    anchors = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    positives = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    positives[1] = anchors[1]
+    anchors[2] = 0.0
+    positives[3] = 0.0
+    weights = torch.randn(n, n, generator=g, dtype=torch.float64)
+    (values, which, grads), (ref_values, ref_which, ref_grads) = _both_nodes(
+        anchors, positives, SELECTIONS[name], REFLECTIONS[0], weights)
+    torch.testing.assert_close(values, ref_values)
+    _assert_same_choice(which, ref_which)
+    for grad, ref in zip(grads, ref_grads):
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, ref)
+
+
+def test_a_nan_input_gives_a_nan_logit_not_an_error():
+    anchors = torch.randn(4, 3, dtype=torch.float64)
+    positives = torch.randn(4, 3, dtype=torch.float64)
+    anchors[0, 0] = float("nan")
+    values, which, _ = CompiledSymmNPairLogits.apply(anchors, positives, list(OFFICIAL_SET_PAIRS), False, 1, True, 2.0,
+                                                     1.0, "paper", 1e-12, None)
+    assert torch.isnan(values[0]).all()
+    assert (which >= 0).all() and (which < len(OFFICIAL_SET_PAIRS)).all()
+
+
+def test_dispatch_uses_the_compiled_node_only_where_it_applies(monkeypatch):
+    calls = []
+    for node in (CompiledSymmNPairLogits, SymmNPairLogits):
+        monkeypatch.setattr(node, "apply", (lambda original, name: lambda *args: calls.append(name) or original(*args))(
+            node.apply, node.__name__))
+    anchors, positives = torch.randn(2, 4, 3)
+    pairs = [(0, t) for t in range(4)]
+    symm_npair_logits(anchors, positives, pairs, True, 1, True, 2.0, 1.0, "paper")
+    symm_npair_logits(anchors, positives, pairs, True, 2, True, 2.0, 1.0, "paper")  # k-th hardest: torch node
+    symm_npair_logits(anchors.half(), positives.half(), pairs, True, 1, True, 2.0, 1.0, "paper")  # half: torch node
+    monkeypatch.setenv("SYMM_COMPILED_KERNELS", "0")
+    symm_npair_logits(anchors, positives, pairs, True, 1, True, 2.0, 1.0, "paper")
+    assert calls == ["CompiledSymmNPairLogits", "SymmNPairLogits", "SymmNPairLogits", "SymmNPairLogits"]
+
+
+@pytest.mark.parametrize("loss_name, mode", [("npair", "official"), ("npair", "point4"), ("npair", "pair16"),
+                                             ("angular", "official"), ("angular", "point4")])
+def test_losses_are_the_same_with_the_compiled_node_switched_off(monkeypatch, loss_name, mode):
+    g = torch.Generator().manual_seed(2)
+    embeddings = torch.randn(16, 8, generator=g, dtype=torch.float64)
+    labels = torch.arange(8).repeat_interleave(2)
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv("SYMM_COMPILED_KERNELS", switch)
+        emb = embeddings.clone().requires_grad_()
+        loss = create_loss(loss_name, negatives="symm", symm_mode=mode)
+        value = loss(emb, labels)
+        value.backward()
+        results.append((value.detach(), emb.grad, loss.last_stats["synthetic_share"]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert results[0][2] == pytest.approx(results[1][2], rel=1e-6)  # the torch path averages float32 flags
