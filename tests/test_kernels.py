@@ -48,7 +48,7 @@ def _assert_same_choice(which, ref_which):
     rounding in either node; the values and gradients (compared by the callers) are the same.
     """
     off = ~torch.eye(which.shape[0], dtype=torch.bool)
-    assert torch.equal(which[off], ref_which[off])
+    assert torch.equal(which[off].long(), ref_which[off].long())
 
 
 def _both_nodes(anchors, positives, selection, reflection, weights):

@@ -65,11 +65,14 @@ class SymmNPairLogits(torch.autograd.Function):
         ctx.save_for_backward(anchors, positives, points, gram_rows, row_coef, col_coef, row_flat, col_flat, along, axis_sq, full_diag)
         ctx.consts = (n, kr, alpha * beta, eps, row_mix)
         ctx.mark_non_differentiable(which)
+        ctx.set_materialize_grads(False)  # no zero-filled (N, N) gradient for ``which``
         return values, which
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor | None, _: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if grad is None:  # the logits were not used
+            return (None,) * 11
         anchors, positives, points, gram_rows, row_coef, col_coef, row_flat, col_flat, along, axis_sq, full_diag = ctx.saved_tensors
         n, kr, alpha_beta, eps, row_mix = ctx.consts
         gram = gram_rows.view(kr, n, 2, n).transpose(1, 2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -209,6 +210,22 @@ if numba is not None:
         return count
 
 
+_scratch = threading.local()
+
+
+def _scratch_like(tensor: torch.Tensor) -> torch.Tensor:
+    """An uninitialised buffer shaped like ``tensor``, kept per thread across calls.
+
+    A fresh megabyte-sized tensor costs more in page faults than the loop that fills it (glibc
+    hands large blocks back to the system when they are freed); the backward's Gram gradient is
+    written in full and consumed by the matmul in the same call, so one buffer can serve them all.
+    """
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
+        buffer = _scratch.buffer = torch.empty(tensor.numel(), dtype=tensor.dtype)
+    return buffer[: tensor.numel()].view(tensor.shape)
+
+
 @functools.lru_cache(maxsize=64)
 def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive: bool,
           row_mix: tuple[tuple[int, ...], ...] | None) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
@@ -252,7 +269,7 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         coef = gram_rows.new_empty(4 + mix.shape[0], 2, n)
         diag = gram_rows.new_empty(3, n)
         values = gram_rows.new_empty(n, n)
-        which = torch.empty(n, n, dtype=torch.long)
+        which = torch.empty(n, n, dtype=torch.int8)  # at most 16 set pairs; a small grid is cheaper to allocate
         own = beta * (1 - alpha) if form == "paper" else -beta
         arrays = (points.numpy(), gram_rows.numpy(), coef.numpy(), diag.numpy())
         count = _forward_all(arrays[0], arrays[1], kr, alpha * beta, own, eps, pair_rows, pair_cols, mix, keep_pair,
@@ -260,14 +277,17 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         share = torch.tensor(count / (n * (n - 1)), dtype=torch.float64)
         ctx.kept = (points, gram_rows, arrays, which.numpy(), kr, alpha * beta, eps, pair_rows, pair_cols, mix)
         ctx.mark_non_differentiable(which, share)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for ``which`` and ``share``
         return values, which, share
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if grad is None:  # the logits were not used
+            return (None,) * 11
         points, gram_rows, (_, gram, coef, diag), which, kr, alpha_beta, eps, pair_rows, pair_cols, mix = ctx.kept
         n = diag.shape[1]
-        d_rows = torch.empty_like(gram_rows)
+        d_rows = _scratch_like(gram_rows)
         d_sq_positives = torch.empty(n, 1, dtype=gram_rows.dtype)
         _backward(grad.contiguous().numpy(), gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, which,
                   d_rows.numpy(), d_sq_positives.numpy())

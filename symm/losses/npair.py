@@ -26,7 +26,7 @@ OFFICIAL_ORDERED_PAIRS: tuple[tuple[int, int], ...] = tuple((s, t) for s in rang
 def _is_synthetic(pairs: list[tuple[int, int]] | tuple[tuple[int, int], ...], which: torch.Tensor) -> torch.Tensor:
     """(N, N) 1.0 where the chosen candidate involves a synthetic set (float: cheap to gather and average)."""
     flags = torch.tensor([float(s >= 2 or t >= 2) for s, t in pairs], device=which.device)
-    return torch.take(flags, which)
+    return torch.take(flags, which.long())
 
 
 def _choose(candidates: torch.Tensor, rank: int) -> torch.Tensor:
@@ -186,24 +186,23 @@ class AngularLoss(_LogitLoss):
         if self.keep_positive:
             diagonal = (anchors * positives).sum(1)
         else:  # official: the rank-th of the 12 diagonal candidates, with autograd (O(N))
-            diagonal, which = self._official_diagonal(symmetric_sets(anchors, positives, **reflection, with_norms=False),
-                                                      set_pairs, which)
+            diagonal, diag_which = self._official_diagonal(symmetric_sets(anchors, positives, **reflection, with_norms=False),
+                                                           set_pairs)
+            if flags or share is None:
+                which = which.clone()
+                which.diagonal().copy_(diag_which)
         # the share counts off-diagonal choices only: the official diagonal's choice does not change it
         synthetic = share if share is not None and not flags else _is_synthetic(set_pairs, which)
         return _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal), synthetic
 
-    def _official_diagonal(self, sets: PointSets, set_pairs: list[tuple[int, int]],
-                           which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rank-th of the diagonal candidates X_s[i] · X_t[i], and ``which`` with its diagonal set to that choice."""
+    def _official_diagonal(self, sets: PointSets, set_pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rank-th of the diagonal candidates X_s[i] · X_t[i], and which pair it is."""
         coef = sets.coef
         kd = torch.stack([torch.stack([sets.sq_norms[0], sets.ap]), torch.stack([sets.ap, sets.sq_norms[1]])])
         rows = coef[[s for s, _ in set_pairs]]
         cols = coef[[t for _, t in set_pairs]]
         diag_candidates = torch.einsum("cki,kli,cli->ci", rows, kd, cols)
-        diagonal, diag_which = kth_hardest(diag_candidates, self.hardness_rank, dim=0, largest=True)
-        which = which.clone()
-        which.diagonal().copy_(diag_which)
-        return diagonal, which
+        return kth_hardest(diag_candidates, self.hardness_rank, dim=0, largest=True)
 
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
         set_pairs, sums, sum_pairs = self._row_sums()
@@ -217,7 +216,8 @@ class AngularLoss(_LogitLoss):
         if self.keep_positive:
             diagonal = sets.ap
         else:  # official: the rank-th of the 12 diagonal candidates X_s[i] · X_t[i]
-            diagonal, which = self._official_diagonal(sets, set_pairs, which)
+            diagonal, diag_which = self._official_diagonal(sets, set_pairs)
+            which.diagonal().copy_(diag_which)  # ``which`` is this function's own
         logits = _with_diagonal(off, (2 * (1 + self.tan_sq)) * diagonal)
         return logits, _is_synthetic(set_pairs, which)
 
