@@ -185,3 +185,12 @@ def test_losses_are_the_same_with_the_compiled_node_switched_off(monkeypatch, lo
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
     assert results[0][2] == pytest.approx(results[1][2], rel=1e-6)  # the torch path averages float32 flags
+
+
+@pytest.mark.parametrize("mode", ["official", "point4"])
+def test_compiled_angular_logits_pass_gradcheck(mode, monkeypatch):
+    # the angular loss's whole logit matrix in one compiled call (the official diagonal included)
+    monkeypatch.setenv("SYMM_COMPILED_KERNELS", "1")
+    loss = create_loss("angular", negatives="symm", symm_mode=mode)
+    anchors, positives = (x.requires_grad_() for x in _random_points(6, 5, 4))
+    assert torch.autograd.gradcheck(lambda a, p: loss.fused_symm_logits(a, p)[0], (anchors, positives))

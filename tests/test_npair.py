@@ -157,12 +157,16 @@ def test_shuffled_batches_take_the_general_path_with_the_same_result():
         torch.testing.assert_close(loss(shuffled_emb, shuffled_labels), loss(shuffled_emb[rows], shuffled_labels[rows]))
 
 
+@pytest.mark.parametrize("compiled", ["1", "0"], ids=["compiled-node", "torch-node"])
 @pytest.mark.parametrize("mode", ["official", "point4", "pair16"])
 @pytest.mark.parametrize("options", [{}, {"hardness_rank": 2}, {"alpha": 1.5, "beta": 0.5}, {"form": "official", "alpha": 2.5, "beta": 1.5}])
-def test_fused_symm_logits_equal_the_autograd_path(mode, options):
+def test_fused_symm_logits_equal_the_autograd_path(mode, options, compiled, monkeypatch):
     # Reference: the autograd path (PointSets; itself checked against numpy and finite
-    # differences); the fused node's hand-written backward must give the same gradients.
+    # differences); the fused node's hand-written backward must give the same gradients,
+    # through the compiled node (symm.losses.kernels, rank 1) and the torch node alike.
     from symm.losses.pairs import symmetric_sets
+
+    monkeypatch.setenv("SYMM_COMPILED_KERNELS", compiled)
 
     anchors, positives, emb, labels = make_batch(n_classes=7, dim=5, seed=8)
     loss = create_loss("npair", negatives="symm", symm_mode=mode, **options)

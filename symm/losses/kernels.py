@@ -84,8 +84,11 @@ if numba is not None:
                     coef[4 + r, k, j] = total
 
     @_jit
-    def _forward(gram, coef, diag, kr, pair_rows, pair_cols, keep_pair, values, which):  # pragma: no cover - compiled
-        """values[i, j] = the largest candidate X_s[i] · X_t[j] over the pairs, which[i, j] its pair (the first on ties).
+    def _forward(gram, coef, diag, kr, pair_rows, pair_cols, diag_mode, keep_pair, diag_rows, diag_cols, off_scale,
+                 diag_scale, values, which):  # pragma: no cover - compiled
+        """values[i, j] = off_scale · the largest candidate X_s[i] · X_t[j] over the pairs, which[i, j] its
+        pair (the first on ties). The diagonal (× diag_scale): diag_mode 0 the same choice, 1 a_i · p_i
+        (which = keep_pair), 2 the largest X_s[i] · X_t[i] over the diagonal pairs (the angular release).
 
         The inner loop runs over j on contiguous rows (vectorised); a NaN candidate sticks (as amax).
         """
@@ -116,9 +119,27 @@ if numba is not None:
                         if c == 0 or value > best[j] or value != value:
                             best[j] = value
                             chosen[j] = c
-            if keep_pair >= 0:  # the original a_i · p_i on the diagonal
-                best[i] = diag[1, i]
-                chosen[i] = keep_pair
+            diagonal = best[i]
+            if off_scale != 1:
+                for j in range(n):
+                    best[j] *= off_scale
+            if diag_mode == 1:  # the original a_i · p_i
+                diagonal = diag[1, i]
+                chosen[i] = max(keep_pair, 0)
+            elif diag_mode == 2:  # the largest of X_s[i] · X_t[i]: Gram entries [[sa, ap], [ap, sp]]
+                sa = diag[0, i]
+                ap = diag[1, i]
+                sp = diag[2, i]
+                for q in range(diag_rows.shape[0]):
+                    s = diag_rows[q]
+                    t = diag_cols[q]
+                    r0 = coef[s, 0, i]
+                    r1 = coef[s, 1, i]
+                    value = (r0 * sa + r1 * ap) * coef[t, 0, i] + (r0 * ap + r1 * sp) * coef[t, 1, i]
+                    if q == 0 or value > diagonal or value != value:
+                        diagonal = value
+                        chosen[i] = q
+            best[i] = diag_scale * diagonal
 
     @_jit
     def _symmetrise(matrix, size):  # pragma: no cover - compiled
@@ -135,16 +156,19 @@ if numba is not None:
             matrix[a, a] += matrix[a, a]
 
     @_jit
-    def _backward(grad, gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, which,
-                  d_rows, d_sq_positives):  # pragma: no cover - compiled
+    def _backward(grad, gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode, diag_rows,
+                  diag_cols, off_scale, diag_scale, which, d_rows, d_sq_positives):  # pragma: no cover - compiled
         """d_rows: the matmul-ready gradient of the Gram rows (symmetrised where the Gram is
         symmetric in the points); d_sq_positives: (N, 1), 2·d/d||p_j||² (used where it is not on the Gram, kr = 1)."""
         n = gram.shape[1] // 2
         d_coef = np.zeros(coef.shape, dtype=coef.dtype)
+        d_diag = np.zeros((3, n), dtype=coef.dtype)  # direct gradients of ||a_i||², a_i·p_i, ||p_i||²
         for i in range(n):
             for j in range(n):
-                g = grad[i, j]
-                c = which[i, j]
+                g = grad[i, j] * (off_scale if j != i else diag_scale)
+                if j == i and diag_mode != 0:  # the diagonal is not a choice among the pairs: below
+                    g = 0.0 * g
+                c = which[i, j] if j != i or diag_mode == 0 else 0
                 t = pair_cols[c]
                 c0 = coef[t, 0, j]
                 c1 = coef[t, 1, j]
@@ -169,6 +193,28 @@ if numba is not None:
                     d_coef[s, 1, i] += g * (k10 * c0 + k11 * c1)
                     d_coef[t, 0, j] += g0 * k00 + g1 * k10
                     d_coef[t, 1, j] += g0 * k01 + g1 * k11
+        for i in range(n):
+            g = grad[i, i] * diag_scale
+            if diag_mode == 1:
+                d_diag[1, i] += g
+            elif diag_mode == 2:
+                q = which[i, i]
+                s = diag_rows[q]
+                t = diag_cols[q]
+                sa = diag[0, i]
+                ap = diag[1, i]
+                sp = diag[2, i]
+                r0 = coef[s, 0, i]
+                r1 = coef[s, 1, i]
+                c0 = coef[t, 0, i]
+                c1 = coef[t, 1, i]
+                d_coef[s, 0, i] += g * (sa * c0 + ap * c1)
+                d_coef[s, 1, i] += g * (ap * c0 + sp * c1)
+                d_coef[t, 0, i] += g * (r0 * sa + r1 * ap)
+                d_coef[t, 1, i] += g * (r0 * ap + r1 * sp)
+                d_diag[0, i] += g * r0 * c0
+                d_diag[1, i] += g * (r0 * c1 + r1 * c0)
+                d_diag[2, i] += g * r1 * c1
         for r in range(mix.shape[0]):  # a summed row set passes its gradient to each of its sets
             for s in range(4):
                 if mix[r, s] != 0:
@@ -176,7 +222,7 @@ if numba is not None:
                         for j in range(n):
                             d_coef[s, k, j] += mix[r, s] * d_coef[4 + r, k, j]
         _symmetrise(d_rows, kr * n)  # the Gram rows are a function of the points on both sides
-        for j in range(n):  # the coefficients' dependence on ||a||², a·p, ||p||² (Gram diagonal entries)
+        for j in range(n):  # through ||a||², a·p, ||p||² (Gram diagonal entries): the coefficients and d_diag
             sa = diag[0, j]
             ap = diag[1, j]
             sp = diag[2, j]
@@ -184,9 +230,9 @@ if numba is not None:
             axis_p = max(sp, eps)
             d_along_a = d_coef[2, 0, j]  # S1's coefficient on its axis a
             d_along_p = d_coef[3, 1, j]  # S2's coefficient on its axis p
-            d_ap = alpha_beta * (d_along_a / axis_a + d_along_p / axis_p)
-            d_sa = -d_along_a * (alpha_beta * ap / axis_a) / axis_a if sa > eps else 0.0
-            d_sp = -d_along_p * (alpha_beta * ap / axis_p) / axis_p if sp > eps else 0.0
+            d_ap = alpha_beta * (d_along_a / axis_a + d_along_p / axis_p) + d_diag[1, j]
+            d_sa = d_diag[0, j] - (d_along_a * (alpha_beta * ap / axis_a) / axis_a if sa > eps else 0.0)
+            d_sp = d_diag[2, j] - (d_along_p * (alpha_beta * ap / axis_p) / axis_p if sp > eps else 0.0)
             d_rows[j, j] += 2.0 * d_sa  # ||a_j||² = G[j, j]
             d_rows[j, n + j] += d_ap  # a_j · p_j = G[j, N + j] (and G[N + j, j] when kr = 2)
             if kr == 2:
@@ -194,13 +240,13 @@ if numba is not None:
                 d_rows[n + j, n + j] += 2.0 * d_sp
             d_sq_positives[j, 0] = 2.0 * d_sp  # d/dp_j = 2·d_sp·p_j, where ||p_j||² is not on the Gram (kr = 1)
 
-
     @_jit
-    def _forward_all(points, gram, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix, keep_pair, synthetic_pair,
-                     diag, coef, values, which):  # pragma: no cover - compiled
+    def _forward_all(points, gram, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows,
+                     diag_cols, off_scale, diag_scale, synthetic_pair, diag, coef, values, which):  # pragma: no cover - compiled
         """Coefficients, choice and values; returns how many off-diagonal choices involve a synthetic set."""
         _coefficients(points, alpha_beta, own, eps, mix, diag, coef)
-        _forward(gram, coef, diag, kr, pair_rows, pair_cols, keep_pair, values, which)
+        _forward(gram, coef, diag, kr, pair_rows, pair_cols, diag_mode, keep_pair, diag_rows, diag_cols, off_scale,
+                 diag_scale, values, which)
         n = which.shape[0]
         count = 0
         for i in range(n):
@@ -228,21 +274,24 @@ def _scratch_like(tensor: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive: bool,
-          row_mix: tuple[tuple[int, ...], ...] | None) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
-    """(kr, row set per pair, column set per pair, summed-row-set membership, index of (A, P) or -1,
-    1 where the pair involves a synthetic set), once per selection."""
+          row_mix: tuple[tuple[int, ...], ...] | None, diag_pairs: tuple[tuple[int, int], ...] | None) -> tuple:
+    """The selection as arrays for the loops, once per selection: (kr, row set per pair, column set
+    per pair, summed-row-set membership, diagonal mode, index of (A, P) or -1, diagonal pairs' row
+    and column sets, 1 where a pair involves a synthetic set)."""
     synthetic = [int(t >= 2 or (s >= 2 if row_mix is None else max(row_mix[s]) >= 2)) for s, t in pairs]
     mix = np.zeros((0 if row_mix is None else len(row_mix), 4), dtype=np.float64)
     if row_mix is not None:  # row r of a pair is the sum of the sets row_mix[r] (the angular loss's X_s + X_t)
-        anchors_only, keep_positive = False, False
+        anchors_only = False
         pairs = tuple((4 + r, t) for r, t in pairs)
         for r, sets in enumerate(row_mix):
             mix[r, list(sets)] = 1.0
     if anchors_only and any(s != 0 for s, _ in pairs):
         raise ValueError("anchors_only needs every pair's row set to be the anchors (set 0)")
-    pair_rows = np.array([s for s, _ in pairs], dtype=np.int64)
-    pair_cols = np.array([t for _, t in pairs], dtype=np.int64)
-    return (1 if anchors_only else 2, pair_rows, pair_cols, mix, pairs.index((0, 1)) if keep_positive else -1,
+    diag_mode = 2 if diag_pairs else 1 if keep_positive else 0
+    diag_pairs = diag_pairs or ()
+    return (1 if anchors_only else 2, np.array([s for s, _ in pairs], dtype=np.int64),
+            np.array([t for _, t in pairs], dtype=np.int64), mix, diag_mode, pairs.index((0, 1)) if (0, 1) in pairs else -1,
+            np.array([s for s, _ in diag_pairs], dtype=np.int64), np.array([t for _, t in diag_pairs], dtype=np.int64),
             np.array(synthetic, dtype=np.int64))
 
 
@@ -251,6 +300,10 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
 
     A third output: the share of off-diagonal choices that involve a synthetic set (0-d, no gradient),
     counted in the loop (the flags grid and its reduction cost more than the count on CPU).
+    Extra options for the angular loss (its whole logit matrix in the same call): ``diag_pairs``,
+    the diagonal as the largest X_s[i] · X_t[i] over these set pairs (the release's ``official``),
+    and the scales of the off-diagonal and diagonal logits. With ``row_mix``, ``keep_positive``
+    puts a_i · p_i on the diagonal (the torch node leaves the diagonal to the caller there).
 
     Per call: one cat and one matmul forward, one compiled loop each way, one or two matmuls backward;
     the compiled loops work on NumPy views of the tensors (no copies), kept on ``ctx`` for backward.
@@ -259,10 +312,13 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]],  # type: ignore[override]
                 anchors_only: bool, rank: int, keep_positive: bool, alpha: float, beta: float, form: str,
-                eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None,
+                diag_pairs: tuple[tuple[int, int], ...] | None = None, off_scale: float = 1.0,
+                diag_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if rank != 1:
             raise ValueError("the compiled Symm logit node chooses the hardest candidate only (hardness_rank=1)")
-        kr, pair_rows, pair_cols, mix, keep_pair, synthetic_pair = _plan(tuple(pairs), anchors_only, keep_positive, row_mix)
+        plan = _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs)
+        kr, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, synthetic_pair = plan
         n = anchors.shape[0]
         points = torch.cat([anchors, positives])
         gram_rows = (points[:n] if kr == 1 else points) @ points.T  # (kr·N, 2N)
@@ -272,10 +328,11 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         which = torch.empty(n, n, dtype=torch.int8)  # at most 16 set pairs; a small grid is cheaper to allocate
         own = beta * (1 - alpha) if form == "paper" else -beta
         arrays = (points.numpy(), gram_rows.numpy(), coef.numpy(), diag.numpy())
-        count = _forward_all(arrays[0], arrays[1], kr, alpha * beta, own, eps, pair_rows, pair_cols, mix, keep_pair,
-                             synthetic_pair, arrays[3], arrays[2], values.numpy(), which.numpy())
+        count = _forward_all(arrays[0], arrays[1], kr, alpha * beta, own, eps, pair_rows, pair_cols, mix, diag_mode,
+                             keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair, arrays[3], arrays[2],
+                             values.numpy(), which.numpy())
         share = torch.tensor(count / (n * (n - 1)), dtype=torch.float64)
-        ctx.kept = (points, gram_rows, arrays, which.numpy(), kr, alpha * beta, eps, pair_rows, pair_cols, mix)
+        ctx.kept = (points, gram_rows, arrays, which.numpy(), alpha * beta, eps, plan, off_scale, diag_scale)
         ctx.mark_non_differentiable(which, share)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for ``which`` and ``share``
         return values, which, share
@@ -284,17 +341,18 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if grad is None:  # the logits were not used
-            return (None,) * 11
-        points, gram_rows, (_, gram, coef, diag), which, kr, alpha_beta, eps, pair_rows, pair_cols, mix = ctx.kept
+            return (None,) * 14
+        points, gram_rows, (_, gram, coef, diag), which, alpha_beta, eps, plan, off_scale, diag_scale = ctx.kept
+        kr, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _ = plan
         n = diag.shape[1]
         d_rows = _scratch_like(gram_rows)
         d_sq_positives = torch.empty(n, 1, dtype=gram_rows.dtype)
-        _backward(grad.contiguous().numpy(), gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, which,
-                  d_rows.numpy(), d_sq_positives.numpy())
+        _backward(grad.contiguous().numpy(), gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode,
+                  diag_rows, diag_cols, off_scale, diag_scale, which, d_rows.numpy(), d_sq_positives.numpy())
         if kr == 2:  # d_rows is the symmetrised (2N, 2N) gradient of points · pointsᵀ
             d_points = d_rows @ points
             d_anchors, d_positives = d_points[:n], d_points[n:]
         else:  # gram_rows = A · [A; P]ᵀ: the A·Aᵀ block symmetrised, A·Pᵀ as is
             d_anchors = d_rows @ points
             d_positives = torch.addcmul(d_rows[:, n:].T @ points[:n], points[n:], d_sq_positives)
-        return d_anchors, d_positives, None, None, None, None, None, None, None, None, None
+        return (d_anchors, d_positives) + (None,) * 12

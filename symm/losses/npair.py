@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
+from symm.losses import kernels
 from symm.losses.fused import symm_npair_logits
 from symm.losses.pairs import PointSets, split_pairs, symmetric_sets
 
@@ -180,6 +181,12 @@ class AngularLoss(_LogitLoss):
         if reflection["rescale_to_axis_norm"]:
             return None
         set_pairs, sums, pairs = self._row_sums()
+        if kernels.usable(anchors, self.hardness_rank):  # the whole logit matrix in one compiled call
+            logits, which, share = kernels.CompiledSymmNPairLogits.apply(
+                anchors, positives, pairs, False, 1, self.keep_positive, reflection["alpha"], reflection["beta"],
+                reflection["form"], 1e-12, tuple(sums), None if self.keep_positive else tuple(set_pairs),
+                4 * self.tan_sq, 2 * (1 + self.tan_sq))
+            return logits, share.item() if not flags else _is_synthetic(set_pairs, which)
         off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
                                               reflection["alpha"], reflection["beta"], reflection["form"], 1e-12, tuple(sums))
         off = (4 * self.tan_sq) * off
