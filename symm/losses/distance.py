@@ -17,6 +17,7 @@ import torch
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
 from symm.losses.pairs import PointSets, to_distance
+from symm.losses.real_grid import closest_other_class, contrastive_terms
 
 INF = float("inf")
 
@@ -26,6 +27,11 @@ def real_distances(sets: PointSets, squared: bool) -> torch.Tensor:
     sq = sets.sq_norms[:2].reshape(-1)
     gram = sets.gram.transpose(1, 2).reshape(2 * sets.n_classes, -1)  # the (2N, 2N) Gram, a view
     return to_distance((sq[:, None] + sq[None, :]) - 2 * gram, squared)
+
+
+def real_points_and_norms(sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (2N, d) real points [A; P] and their (2N,) squared norms, in ``real_distances``' order."""
+    return torch.cat(sets.real), sets.sq_norms[:2].reshape(-1)
 
 
 def _selected_distances(sets: PointSets, row_sets: torch.Tensor | None, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
@@ -186,15 +192,14 @@ class TripletLoss(_DistanceLoss):
             self.record_synthetic(column >= 2 * n)
             negative = point_distances(sets, torch.arange(2 * n, device=pool.device), column, self.squared)
             return torch.relu(anchor_positive - negative + self.margin).mean()
+        if self.negatives == "hardest":  # one node: choice, values and a sparse backward (symm.losses.real_grid)
+            negative = closest_other_class(*real_points_and_norms(sets), self.squared)
+            return torch.relu(anchor_positive - negative + self.margin).mean()
         rows = real_distances(sets, self.squared)
         other = other_class_mask(2, 2, n, rows.device, rows.dtype)
         if self.negatives == "none":
             return masked_mean(torch.relu(anchor_positive[:, None] - rows + self.margin), other)
-        detached = rows.detach()
-        if self.negatives == "hardest":
-            column = closest_negative(detached, other)
-        else:  # semihard over the real points
-            column = semihard_negatives(detached, other, anchor_positive.detach())
+        column = semihard_negatives(rows.detach(), other, anchor_positive.detach())  # semihard over the real points
         negative = rows.gather(1, column[:, None])[:, 0]
         return torch.relu(anchor_positive - negative + self.margin).mean()
 
@@ -268,6 +273,9 @@ class ContrastiveLoss(_DistanceLoss):
         self.pos_margin = pos_margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.negatives == "none":  # one node with a closed-form backward (symm.losses.real_grid)
+            positive, negative_term = contrastive_terms(*self.real_points(embeddings, labels), self.margin, self.squared)
+            return torch.relu(positive - self.pos_margin).mean() + negative_term
         sets, positive = self.geometry(embeddings, labels)
         n = sets.n_classes
         positive_term = torch.relu(positive - self.pos_margin).mean()
@@ -276,7 +284,5 @@ class ContrastiveLoss(_DistanceLoss):
             return positive_term + masked_mean(torch.relu(self.margin - negative), other)
         rows = real_distances(sets, self.squared)
         other = other_class_mask(2, 2, n, rows.device, rows.dtype)
-        if self.negatives == "hardest":
-            column = closest_negative(rows.detach(), other)
-            return positive_term + torch.relu(self.margin - rows.gather(1, column[:, None])).mean()
-        return positive_term + masked_mean(torch.relu(self.margin - rows), other)
+        column = closest_negative(rows.detach(), other)  # hardest
+        return positive_term + torch.relu(self.margin - rows.gather(1, column[:, None])).mean()
