@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from symm.losses import create_loss
-from symm.losses.distance import closest_negative, masked_mean, other_class_mask, real_distances, real_points_and_norms
+from symm.losses.distance import closest_negative, masked_mean, other_class_mask, real_distances
 from symm.losses.pairs import real_sets
-from symm.losses.real_grid import ClosestOtherClass, ContrastiveTerms, closest_other_class, contrastive_terms
+from symm.losses.pairs import to_distance
+from symm.losses.real_grid import ContrastiveTerms, HardestTripletTerms, contrastive_terms, hardest_triplet_terms
 
 N = 6
 LAYOUTS = ["interleaved", "blocked", "other order"]
@@ -87,71 +88,52 @@ def test_loss_node_equals_autograd(name, seed, layout, squared, degenerate):
         assert_equal_with_grad(loss, lambda x, y: reference(loss, x, y), emb, labels)
 
 
+def node_outputs(node: str, x: torch.Tensor, layout: str, squared: bool, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive distances, negative output) of a node, or of the autograd code it replaces."""
+    if fused:
+        return contrastive_terms(x, layout, 1.1, squared) if node == "contrastive" else hardest_triplet_terms(x, layout, squared)
+    n = x.shape[0] // 2
+    sets = real_sets(*((x[0::2], x[1::2]) if layout == "interleaved" else (x[:n], x[n:])))
+    sq = sets.sq_norms
+    positive = to_distance(sq[0] + sq[1] - 2 * sets.ap, squared)
+    rows = real_distances(sets, squared)
+    other = other_class_mask(2, 2, n, rows.device, rows.dtype)
+    if node == "contrastive":
+        return positive, masked_mean(torch.relu(1.1 - rows), other)
+    return positive, rows.gather(1, closest_negative(rows.detach(), other)[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("node", ["contrastive", "hardest_triplet"])
 @pytest.mark.parametrize("layout", ["interleaved", "blocked"])
 @pytest.mark.parametrize("squared", [False, True])
-def test_contrastive_terms_outputs_equal_autograd(layout, squared):
-    # Both outputs of the node, each with its own gradient, against real_sets / real_distances.
-    emb, _ = batch(3, layout, degenerate=False)
-    n = emb.shape[0] // 2
-    weights = torch.randn(n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_node_outputs_equal_autograd(node, layout, squared, degenerate):
+    # Both outputs of each node, each with its own gradient (random weights on vector outputs).
+    emb, _ = batch(3, layout, degenerate)
     results = []
     for fused in (True, False):
         x = emb.clone().requires_grad_(True)
-        anchors, positives = (x[0::2], x[1::2]) if layout == "interleaved" else (x[:n], x[n:])
-        if fused:
-            positive, negative = contrastive_terms(x, layout, 1.1, squared)
-        else:
-            sets = real_sets(anchors, positives)
-            sq = sets.sq_norms
-            d2 = sq[0] + sq[1] - 2 * sets.ap
-            positive = d2.clamp_min(0) if squared else d2.clamp_min(0).clamp_min(1e-12).sqrt()
-            rows = real_distances(sets, squared)
-            negative = masked_mean(torch.relu(1.1 - rows), other_class_mask(2, 2, n, rows.device, rows.dtype))
-        grads = [torch.autograd.grad(out, x, retain_graph=True)[0] for out in ((positive * weights).sum(), negative)]
-        results.append((positive.detach(), negative.detach(), *grads))
+        outputs = node_outputs(node, x, layout, squared, fused)
+        weights = [torch.randn(out.shape, generator=torch.Generator().manual_seed(4 + k), dtype=x.dtype)
+                   for k, out in enumerate(outputs)]
+        grads = [torch.autograd.grad((out * w).sum(), x, retain_graph=True)[0] for out, w in zip(outputs, weights)]
+        results.append([out.detach() for out in outputs] + grads)
     for ours, ref in zip(*results):
-        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-14)
-    assert results[0][1] > 0 and results[0][3].abs().sum() > 0  # the margin makes some negatives count
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    if node == "contrastive":  # the margin makes some negatives count
+        assert results[0][1] > 0 and results[0][3].abs().sum() > 0
 
 
-def test_closest_other_class_equals_autograd_with_norms_as_input():
-    # The node's own interface: points and squared norms as separate inputs, each with its gradient.
-    emb, _ = batch(5, "blocked", degenerate=True)
-    weights = torch.randn(emb.shape[0], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    for squared in (False, True):
-        results = []
-        for fused in (True, False):
-            x = emb.clone().requires_grad_(True)
-            sets = real_sets(x[:N], x[N:])
-            points, sq = real_points_and_norms(sets)
-            if fused:
-                negative = closest_other_class(points, sq, squared)
-            else:
-                rows = real_distances(sets, squared)
-                column = closest_negative(rows.detach(), other_class_mask(2, 2, N, rows.device, rows.dtype))
-                negative = rows.gather(1, column[:, None])[:, 0]
-            grad = torch.autograd.grad((negative * weights).sum(), x)[0]
-            results.append((negative.detach(), grad))
-        torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-14)
-        assert torch.isfinite(results[0][1]).all()
-        torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-12)
-
-
+@pytest.mark.parametrize("node", [ContrastiveTerms, HardestTripletTerms])
 @pytest.mark.parametrize("layout", ["interleaved", "blocked"])
 @pytest.mark.parametrize("squared", [False, True])
-def test_contrastive_terms_gradcheck(layout, squared):
+def test_node_gradcheck(node, layout, squared):
     emb, _ = batch(7, layout, degenerate=False, scale=0.3)
     x = emb.clone().requires_grad_(True)
-    margin = 0.8 if not squared else 0.6  # some negatives inside the margin, none at its edge
-    assert torch.autograd.gradcheck(lambda p: ContrastiveTerms.apply(p, layout, margin, squared), (x,))
-
-
-@pytest.mark.parametrize("squared", [False, True])
-def test_closest_other_class_gradcheck(squared):
-    emb, _ = batch(8, "blocked", degenerate=False)
-    points = emb.clone().requires_grad_(True)
-    sq = (emb * emb).sum(1).requires_grad_(True)  # an independent input: its gradient is checked too
-    assert torch.autograd.gradcheck(lambda p, s: ClosestOtherClass.apply(p, s, squared), (points, sq))
+    # the full Jacobian of both outputs; some negatives inside the contrastive margin, none at its edge
+    args = (layout, 0.8 if not squared else 0.6, squared) if node is ContrastiveTerms else (layout, squared)
+    assert torch.autograd.gradcheck(lambda p: node.apply(p, *args), (x,))
 
 
 def test_nodes_without_gradient():

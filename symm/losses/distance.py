@@ -17,7 +17,7 @@ import torch
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
 from symm.losses.pairs import PointSets, to_distance
-from symm.losses.real_grid import closest_other_class, contrastive_terms
+from symm.losses.real_grid import contrastive_terms, hardest_triplet_terms
 
 INF = float("inf")
 
@@ -27,11 +27,6 @@ def real_distances(sets: PointSets, squared: bool) -> torch.Tensor:
     sq = sets.sq_norms[:2].reshape(-1)
     gram = sets.gram.transpose(1, 2).reshape(2 * sets.n_classes, -1)  # the (2N, 2N) Gram, a view
     return to_distance((sq[:, None] + sq[None, :]) - 2 * gram, squared)
-
-
-def real_points_and_norms(sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (2N, d) real points [A; P] and their (2N,) squared norms, in ``real_distances``' order."""
-    return torch.cat(sets.real), sets.sq_norms[:2].reshape(-1)
 
 
 def _selected_distances(sets: PointSets, row_sets: torch.Tensor | None, col_sets: torch.Tensor, squared: bool) -> torch.Tensor:
@@ -178,6 +173,9 @@ class TripletLoss(_DistanceLoss):
         self.margin = margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.negatives == "hardest":  # one node: choice, values and a sparse backward (symm.losses.real_grid)
+            positive, negative = hardest_triplet_terms(*self.real_points(embeddings, labels), self.squared)
+            return torch.relu(positive.repeat(2) - negative + self.margin).mean()
         sets, positive = self.geometry(embeddings, labels)
         n = sets.n_classes
         if self.symm_mode in ("point4", "pair16"):
@@ -191,9 +189,6 @@ class TripletLoss(_DistanceLoss):
             column = semihard_negatives(pool, other, anchor_positive.detach())
             self.record_synthetic(column >= 2 * n)
             negative = point_distances(sets, torch.arange(2 * n, device=pool.device), column, self.squared)
-            return torch.relu(anchor_positive - negative + self.margin).mean()
-        if self.negatives == "hardest":  # one node: choice, values and a sparse backward (symm.losses.real_grid)
-            negative = closest_other_class(*real_points_and_norms(sets), self.squared)
             return torch.relu(anchor_positive - negative + self.margin).mean()
         rows = real_distances(sets, self.squared)
         other = other_class_mask(2, 2, n, rows.device, rows.dtype)

@@ -40,13 +40,31 @@ def _sq_distances(points: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
     return torch.add(sq[:, None], sq[None, :]).addmm_(points, points.T, alpha=-2)
 
 
-def _pass_mask(d2: torch.Tensor, low: float) -> torch.Tensor | None:
-    """0/1 floats, 1 where to_distance's clamp at ``low`` passes the gradient (d² ≥ low); None
-    when it passes everywhere (the usual case: then no mask grid is built). Float arithmetic,
-    as bool grids are slow on CPU; d² − low is 0 only when d² == low, so the sign is exact."""
-    if bool(d2.amin() >= low):
-        return None
+def _passes(d2: torch.Tensor, low: float) -> torch.Tensor:
+    """0/1 floats, 1 where to_distance's clamp at ``low`` passes the gradient (d² ≥ low). Float
+    arithmetic, as bool tensors are slow on CPU; d² − low is 0 only when d² == low: exact."""
     return torch.sub(d2, low).sign_().add_(1).clamp_max_(1)
+
+
+def _pass_mask(d2: torch.Tensor, low: float) -> torch.Tensor | None:
+    """``_passes`` on a grid, or None when the clamp passes everywhere (the usual case: no mask grid)."""
+    return None if bool(d2.amin() >= low) else _passes(d2, low)
+
+
+def _positive_distances(points: torch.Tensor, layout: str, squared: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(squared norms [A; P] (2, N), d²(a_i, p_i), D(a_i, p_i)) with ``real_sets`` and ``to_distance``'s
+    arithmetic (the same values as the loss's positive term had before these nodes)."""
+    anchors, positives = pair_views(points, layout)
+    sq = torch.stack([anchors, positives]).pow(2).sum(-1)
+    pos_d2 = sq[0] + sq[1] - 2 * (anchors * positives).sum(1)
+    return sq, pos_d2, to_distance(pos_d2, squared)
+
+
+def _distance_factor(d2: torch.Tensor, distance: torch.Tensor, squared: bool) -> torch.Tensor:
+    """∂D/∂d² of to_distance at chosen entries: the clamp's mask, times 1/(2D) for Euclidean distances."""
+    low = 0.0 if squared else SQRT_CLAMP
+    factor = _passes(d2, low)
+    return factor if squared else factor.div_(distance).mul_(0.5)
 
 
 class ContrastiveTerms(torch.autograd.Function):
@@ -68,10 +86,7 @@ class ContrastiveTerms(torch.autograd.Function):
         n = points.shape[0] // 2
         count = 4 * n * n - 4 * n  # every point has exactly two same-class entries: itself and its pair
         low = 0.0 if squared else SQRT_CLAMP
-        anchors, positives = pair_views(points, layout)
-        sq = torch.stack([anchors, positives]).pow(2).sum(-1)  # as real_sets (the same values)
-        pos_d2 = sq[0] + sq[1] - 2 * (anchors * positives).sum(1)
-        positive = to_distance(pos_d2, squared)
+        sq, pos_d2, positive = _positive_distances(points, layout, squared)
         d2 = _sq_distances(points, sq.T.reshape(-1) if layout == "interleaved" else sq.reshape(-1))
         _same_class_entries(d2, n, layout).fill_(float("inf"))  # D = inf there: the hinge is 0, so is W
         passes = _pass_mask(d2, low)
@@ -87,10 +102,7 @@ class ContrastiveTerms(torch.autograd.Function):
                 weight.div_(dist).mul_(1.0 / count)  # d sqrt(x)/dx = 1/(2D): the 2 cancels the −2
             if passes is not None:
                 weight.mul_(passes)
-            pos_factor = torch.sub(pos_d2, low).sign_().add_(1).clamp_max_(1)  # the clamp's gradient mask
-            if not squared:
-                pos_factor.div_(positive).mul_(0.5)
-            ctx.save_for_backward(points, weight, pos_factor)
+            ctx.save_for_backward(points, weight, _distance_factor(pos_d2, positive, squared))
             ctx.layout = layout
         return positive, negative
 
@@ -111,45 +123,56 @@ class ContrastiveTerms(torch.autograd.Function):
         return m @ points, None, None, None
 
 
-class ClosestOtherClass(torch.autograd.Function):
-    """(points (2N, d), sq (2N,)) -> (2N,) distance from each point to its closest point of another class.
+class HardestTripletTerms(torch.autograd.Function):
+    """points (2N, d) in a pair layout -> (D(a_i, p_i) (N,), (2N,) distance from each point to its
+    closest point of another class, rows [A; P]).
 
-    ``real_distances(...).gather(1, closest_negative(...))`` as one node: the choice (the first
-    column of the smallest distance, as there) and the values without autograd; backward
-    through the 2N chosen entries only (two row gathers, no (2N, 2N) gradient grid).
+    The batch-hard triplet loss's two ingredients as one node, with the arithmetic of the code it
+    replaces (``real_sets`` / ``to_distance`` for the positives; ``real_distances(...).gather(1,
+    closest_negative(...))``, the first column of the smallest distance in [A; P] order, for the
+    negatives). Backward through the chosen entries only: row i and its choice c_i exchange
+    −2 w_i x (the Gram's share), the squared norms put 2 Σ w on the diagonal, a positive pair
+    the same with its own weight; no (2N, 2N) gradient grid and no autograd product / norm /
+    stack / cat nodes.
     """
 
     @staticmethod
-    def forward(ctx: Any, points: torch.Tensor, sq: torch.Tensor, squared: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, points: torch.Tensor, layout: str, squared: bool  # type: ignore[override]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         n = points.shape[0] // 2
-        d2 = _sq_distances(points, sq)
-        low = 0.0 if squared else SQRT_CLAMP
-        dist = torch.clamp_min(d2, low)
+        sq, pos_d2, positive = _positive_distances(points, layout, squared)
+        blocked = points if layout == "blocked" else torch.cat(pair_views(points, layout))  # [A; P], the choice's order
+        d2 = _sq_distances(blocked, sq.reshape(-1))
+        dist = torch.clamp_min(d2, 0.0 if squared else SQRT_CLAMP)
         if not squared:
             dist.sqrt_()
         _same_class_entries(dist, n).fill_(float("inf"))  # never chosen: another class always exists
-        value, column = kth_hardest(dist, 1, dim=1, largest=False, scratch=True)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            chosen_d2 = d2.gather(1, column[:, None])[:, 0]
-            factor = torch.sub(chosen_d2, low).sign_().add_(1).clamp_max_(1)  # the clamp's gradient mask
-            if not squared:
-                factor.div_(value).mul_(0.5)  # d sqrt(x)/dx = 1/(2D)
-            ctx.save_for_backward(points, column, factor)
-        return value
+        negative, column = kth_hardest(dist, 1, dim=1, largest=False, scratch=True)
+        if ctx.needs_input_grad[0]:
+            factor = _distance_factor(d2.gather(1, column[:, None])[:, 0], negative, squared)
+            ctx.save_for_backward(blocked, column, factor, _distance_factor(pos_d2, positive, squared))
+            ctx.layout = layout
+        return positive, negative
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        points, column, factor = ctx.saved_tensors
-        w = grad * factor  # ∂loss/∂d² at (i, column_i)
-        d_points = d_sq = None
-        if ctx.needs_input_grad[0]:  # dG[i, c_i] = −2 w_i: row i gets −2 w_i x_c, row c_i gets −2 w_i x_i
-            scale = (-2 * w)[:, None]
-            d_points = points.index_select(0, column).mul_(scale)
-            d_points.index_add_(0, column, points * scale)
-        if ctx.needs_input_grad[1]:
-            d_sq = w.clone().index_add_(0, column, w)
-        return d_points, d_sq, None
+    def backward(ctx: Any, d_positive: torch.Tensor, d_negative: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        blocked, column, factor, pos_factor = ctx.saved_tensors
+        n = blocked.shape[0] // 2
+        w = d_negative * factor  # ∂loss/∂d² at (i, c_i)
+        w_pair = d_positive * pos_factor  # ∂loss/∂d²(a_i, p_i)
+        d_sq = w.clone().index_add_(0, column, w)
+        d_sq.view(2, n).add_(w_pair)
+        d_points = blocked * d_sq.mul_(2)[:, None]  # from the squared norms
+        scale = w.mul_(-2)[:, None]  # dG[i, c_i] = −2 w_i
+        d_points.addcmul_(blocked.index_select(0, column), scale)  # row i: −2 w_i x_{c_i}
+        d_points.index_add_(0, column, blocked * scale)  # row c_i: −2 w_i x_i
+        pair_scale = w_pair.mul_(-2)[:, None]
+        d_points[:n].addcmul_(blocked[n:], pair_scale)
+        d_points[n:].addcmul_(blocked[:n], pair_scale)
+        if ctx.layout == "interleaved":  # back to the batch's row order
+            d_points = d_points.view(2, n, -1).transpose(0, 1).reshape(2 * n, -1)
+        return d_points, None, None
 
 
 def contrastive_terms(points: torch.Tensor, layout: str, margin: float, squared: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +180,6 @@ def contrastive_terms(points: torch.Tensor, layout: str, margin: float, squared:
     return ContrastiveTerms.apply(points, layout, margin, squared)
 
 
-def closest_other_class(points: torch.Tensor, sq: torch.Tensor, squared: bool) -> torch.Tensor:
-    """(2N,) distance to each real point's closest point of another class (``ClosestOtherClass``)."""
-    return ClosestOtherClass.apply(points, sq, squared)
+def hardest_triplet_terms(points: torch.Tensor, layout: str, squared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive distances (N,), closest other-class distances (2N,)) of points in a pair layout (``HardestTripletTerms``)."""
+    return HardestTripletTerms.apply(points, layout, squared)
