@@ -1,16 +1,17 @@
-"""Closed-form autograd nodes on the (2N, 2N) distances between the real points.
+"""Closed-form autograd nodes for the plain contrastive and batch-hard triplet losses.
 
-The plain contrastive and batch-hard triplet losses need every distance between the 2N real
-points [A; P] (row s·N + i is set s, class i), D = to_distance(||x_i||² + ||x_j||² − 2 x_i·x_j).
-Written with autograd that records about 15 kernels on the grid forward (sums, clamps, sqrt,
-masks, relu) and replays each in backward, plus a zero-filled grid for a gather's gradient;
-at the paper's batch on CPU those calls cost more than the Gram matmuls. Here the forward
-runs without autograd on one or two buffers, in place, and the backward is the closed form:
-a weight W[i, j] = ∂loss/∂d²[i, j] per entry gives d(sq)_i = Σ_j W_ij + W_ji and
-d(points) = −2 (W + Wᵀ) · points — one matmul, or its sparse form when each row keeps one
-column. The squared norms come in as an input (the positive term shares them), so values
-and their gradient paths stay those of ``real_distances``; the autograd forms in
-``symm.losses.distance`` are the references the tests compare against.
+Both need the positive distances D(a_i, p_i) and the distances between all 2N real points,
+D = to_distance(||x_i||² + ||x_j||² − 2 x_i·x_j). Written with autograd that records ≈ 15
+kernels on the (2N, 2N) grid forward (sums, clamps, sqrt, masks, relu) and replays each in
+backward, plus autograd's product / norm / stack / cat nodes for the norms and the positives
+and a zero-filled grid for a gather's gradient; at the paper's batch on CPU those calls cost
+more than the Gram matmuls. Here each loss's ingredients are one node on the batch's points
+(one (2N, d) tensor in its pair layout): the forward runs without autograd on one or two
+buffers, in place, with the same arithmetic as before (the positives as ``real_sets`` and
+``to_distance``); the backward is the closed form — the weights ∂loss/∂d² of the entries that
+count go into one matrix M with d(points) = M · points (one matmul), or its sparse form when
+each row keeps one column. The autograd forms in ``symm.losses.distance`` are the references
+the tests compare against (tests/test_real_grid.py).
 """
 from __future__ import annotations
 
