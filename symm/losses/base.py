@@ -101,6 +101,19 @@ class PairLoss(nn.Module):
             return anchors, positives, symmetric_sets(anchors, positives, **self.reflection)
         return anchors, positives, real_sets(anchors, positives)
 
+    def real_points(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """All 2N real points as one (2N, d) tensor and its ``pair_layout`` ("interleaved" / "blocked").
+
+        The sampler layouts keep the batch as it is; any other order is split and put in the
+        blocked layout [A; P]. Normalised as ``pairs_and_sets`` does (row-wise: the same values),
+        for nodes that take the whole batch at once (no views, cat or gather between them and it).
+        """
+        layout = pair_layout(labels) if embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] else None
+        if layout is None:
+            anchors, positives, _ = split_pairs(embeddings, labels)
+            embeddings, layout = torch.cat([anchors, positives]), "blocked"
+        return (l2_normalize(embeddings) if self.normalize else embeddings), layout
+
     def record_synthetic(self, synthetic: torch.Tensor, off_diagonal: bool = False) -> None:
         """Log the share of selected negatives that are synthetic (the paper's ratio curve).
 

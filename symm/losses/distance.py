@@ -17,6 +17,7 @@ import torch
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
 from symm.losses.pairs import PointSets, to_distance
+from symm.losses.real_grid import contrastive_terms, hardest_triplet_terms
 
 INF = float("inf")
 
@@ -172,6 +173,9 @@ class TripletLoss(_DistanceLoss):
         self.margin = margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.negatives == "hardest":  # one node: choice, values and a sparse backward (symm.losses.real_grid)
+            positive, negative = hardest_triplet_terms(*self.real_points(embeddings, labels), self.squared)
+            return torch.relu(positive.repeat(2) - negative + self.margin).mean()
         sets, positive = self.geometry(embeddings, labels)
         n = sets.n_classes
         if self.symm_mode in ("point4", "pair16"):
@@ -190,11 +194,7 @@ class TripletLoss(_DistanceLoss):
         other = other_class_mask(2, 2, n, rows.device, rows.dtype)
         if self.negatives == "none":
             return masked_mean(torch.relu(anchor_positive[:, None] - rows + self.margin), other)
-        detached = rows.detach()
-        if self.negatives == "hardest":
-            column = closest_negative(detached, other)
-        else:  # semihard over the real points
-            column = semihard_negatives(detached, other, anchor_positive.detach())
+        column = semihard_negatives(rows.detach(), other, anchor_positive.detach())  # semihard over the real points
         negative = rows.gather(1, column[:, None])[:, 0]
         return torch.relu(anchor_positive - negative + self.margin).mean()
 
@@ -268,6 +268,9 @@ class ContrastiveLoss(_DistanceLoss):
         self.pos_margin = pos_margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.negatives == "none":  # one node with a closed-form backward (symm.losses.real_grid)
+            positive, negative_term = contrastive_terms(*self.real_points(embeddings, labels), self.margin, self.squared)
+            return torch.relu(positive - self.pos_margin).mean() + negative_term
         sets, positive = self.geometry(embeddings, labels)
         n = sets.n_classes
         positive_term = torch.relu(positive - self.pos_margin).mean()
@@ -276,7 +279,5 @@ class ContrastiveLoss(_DistanceLoss):
             return positive_term + masked_mean(torch.relu(self.margin - negative), other)
         rows = real_distances(sets, self.squared)
         other = other_class_mask(2, 2, n, rows.device, rows.dtype)
-        if self.negatives == "hardest":
-            column = closest_negative(rows.detach(), other)
-            return positive_term + torch.relu(self.margin - rows.gather(1, column[:, None])).mean()
-        return positive_term + masked_mean(torch.relu(self.margin - rows), other)
+        column = closest_negative(rows.detach(), other)  # hardest
+        return positive_term + torch.relu(self.margin - rows.gather(1, column[:, None])).mean()
