@@ -60,6 +60,13 @@ ROWS: list[tuple[str, str | None, str, dict]] = [
     ("angular", None, "angular", {}),
     ("symm_angular official", "angular", "angular", {"negatives": "symm", "symm_mode": "official"}),
     ("symm_angular point4", "angular", "angular", {"negatives": "symm", "symm_mode": "point4"}),
+    # the same Symm logit losses through the torch node (symm.losses.fused) instead of the compiled
+    # loops (symm.losses.kernels), side by side in the same rounds
+    ("symm_npair official, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "official", "compiled": False}),
+    ("symm_npair point4, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
+    ("symm_npair pair16, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "pair16", "compiled": False}),
+    ("symm_angular official, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "official", "compiled": False}),
+    ("symm_angular point4, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
     ("triplet", None, "triplet", {}),
     ("triplet_hardest", None, "triplet", {"negatives": "hardest"}),
     ("symm_triplet point4", "triplet", "triplet", {"negatives": "symm", "symm_mode": "point4"}),
@@ -76,6 +83,27 @@ ROWS: list[tuple[str, str | None, str, dict]] = [
 PML_NAME = {"npair": "npair", "angular": "angular", "triplet": "triplet", "triplet_hardest": "triplet_hardest",
             "semihard_triplet": "semihard_triplet", "lifted": "lifted", "contrastive": "contrastive"}
 TARGETS = {"official": 1.5, "point4": 1.5, "pair16": 2.0}
+
+
+def without_compiled_loops(loss: Loss) -> Loss:
+    """``loss`` with ``SYMM_COMPILED_KERNELS=0`` during its forward (the node is chosen there)."""
+    def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        before = os.environ.get("SYMM_COMPILED_KERNELS")
+        os.environ["SYMM_COMPILED_KERNELS"] = "0"
+        try:
+            return loss(embeddings, labels)
+        finally:
+            if before is None:
+                del os.environ["SYMM_COMPILED_KERNELS"]
+            else:
+                os.environ["SYMM_COMPILED_KERNELS"] = before
+    return call
+
+
+def make_row_loss(loss: str, opts: dict) -> Loss:
+    options = {k: v for k, v in opts.items() if k != "compiled"}
+    fn = create_loss(loss, **options)
+    return fn if opts.get("compiled", True) else without_compiled_loops(fn)
 
 
 def time_call(fn: Loss, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -97,7 +125,7 @@ def measure(n_pairs: int, dim: int, repeats: int, device: str, only: str | None 
     labels = torch.arange(n_pairs, device=device).repeat_interleave(2)
     rows = [r for r in ROWS if only is None or only in r[0] or (r[1] and only in r[1])]
     needed = {r[0] for r in rows} | {r[1] for r in rows if r[1]}
-    fns: dict[str, Loss] = {row: create_loss(loss, **opts) for row, _, loss, opts in ROWS if row in needed}
+    fns: dict[str, Loss] = {row: make_row_loss(loss, opts) for row, _, loss, opts in ROWS if row in needed}
     fns.update({f"PML {k}": v for k, v in pml_losses().items() if k in needed})
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for name, fn in fns.items():  # warm-up: until 3 calls or 1 s

@@ -156,10 +156,12 @@ if numba is not None:
             matrix[a, a] += matrix[a, a]
 
     @_jit
-    def _backward(grad, gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode, diag_rows,
-                  diag_cols, off_scale, diag_scale, which, d_rows, d_sq_positives):  # pragma: no cover - compiled
-        """d_rows: the matmul-ready gradient of the Gram rows (symmetrised where the Gram is
-        symmetric in the points); d_sq_positives: (N, 1), 2·d/d||p_j||² (used where it is not on the Gram, kr = 1)."""
+    def _backward(grad, gram, coef, diag, kr, fold, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode, diag_rows,
+                  diag_cols, off_scale, diag_scale, which, d_rows, d_norms):  # pragma: no cover - compiled
+        """d_rows: the gradient of the Gram rows. ``fold`` (rows are real points, A or [A; P]): made
+        matmul-ready, symmetrised where the Gram is symmetric in the points, with the gradients of
+        ||a||², a·p (and ||p||² when kr = 2) added on its diagonal entries; d_norms (3, N, 1) =
+        [2·d/d||a||², d/d(a·p), 2·d/d||p||²] holds what is not folded (all of it without ``fold``)."""
         n = gram.shape[1] // 2
         d_coef = np.zeros(coef.shape, dtype=coef.dtype)
         d_diag = np.zeros((3, n), dtype=coef.dtype)  # direct gradients of ||a_i||², a_i·p_i, ||p_i||²
@@ -221,7 +223,8 @@ if numba is not None:
                     for k in range(2):
                         for j in range(n):
                             d_coef[s, k, j] += mix[r, s] * d_coef[4 + r, k, j]
-        _symmetrise(d_rows, kr * n)  # the Gram rows are a function of the points on both sides
+        if fold:
+            _symmetrise(d_rows, kr * n)  # the Gram rows are a function of the points on both sides
         for j in range(n):  # through ||a||², a·p, ||p||² (Gram diagonal entries): the coefficients and d_diag
             sa = diag[0, j]
             ap = diag[1, j]
@@ -233,12 +236,18 @@ if numba is not None:
             d_ap = alpha_beta * (d_along_a / axis_a + d_along_p / axis_p) + d_diag[1, j]
             d_sa = d_diag[0, j] - (d_along_a * (alpha_beta * ap / axis_a) / axis_a if sa > eps else 0.0)
             d_sp = d_diag[2, j] - (d_along_p * (alpha_beta * ap / axis_p) / axis_p if sp > eps else 0.0)
-            d_rows[j, j] += 2.0 * d_sa  # ||a_j||² = G[j, j]
-            d_rows[j, n + j] += d_ap  # a_j · p_j = G[j, N + j] (and G[N + j, j] when kr = 2)
-            if kr == 2:
-                d_rows[n + j, j] += d_ap
-                d_rows[n + j, n + j] += 2.0 * d_sp
-            d_sq_positives[j, 0] = 2.0 * d_sp  # d/dp_j = 2·d_sp·p_j, where ||p_j||² is not on the Gram (kr = 1)
+            d_norms[0, j, 0] = 2.0 * d_sa
+            d_norms[1, j, 0] = d_ap
+            d_norms[2, j, 0] = 2.0 * d_sp
+            if fold:
+                d_rows[j, j] += 2.0 * d_sa  # ||a_j||² = G[j, j]
+                d_rows[j, n + j] += d_ap  # a_j · p_j = G[j, N + j] (and G[N + j, j] when kr = 2)
+                d_norms[0, j, 0] = 0.0
+                d_norms[1, j, 0] = 0.0
+                if kr == 2:
+                    d_rows[n + j, j] += d_ap
+                    d_rows[n + j, n + j] += 2.0 * d_sp
+                    d_norms[2, j, 0] = 0.0
 
     @_jit
     def _forward_all(points, gram, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows,
@@ -275,7 +284,7 @@ def _scratch_like(tensor: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive: bool,
           row_mix: tuple[tuple[int, ...], ...] | None, diag_pairs: tuple[tuple[int, int], ...] | None) -> tuple:
-    """The selection as arrays for the loops, once per selection: (kr, row set per pair, column set
+    """The selection as arrays for the loops, once per selection: (kind of rows, row set per pair, column set
     per pair, summed-row-set membership, diagonal mode, index of (A, P) or -1, diagonal pairs' row
     and column sets, 1 where a pair involves a synthetic set)."""
     synthetic = [int(t >= 2 or (s >= 2 if row_mix is None else max(row_mix[s]) >= 2)) for s, t in pairs]
@@ -287,9 +296,12 @@ def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive:
             mix[r, list(sets)] = 1.0
     if anchors_only and any(s != 0 for s, _ in pairs):
         raise ValueError("anchors_only needs every pair's row set to be the anchors (set 0)")
+    # rows: 0 = the anchors (kr = 1), 1 = the one summed row set a_i + p_i (kr = 1: its Gram rows
+    # are (A + P)·[A; P]ᵀ, half the 2N×2N Gram), 2 = [A; P] (kr = 2)
+    rows = 0 if anchors_only else 1 if row_mix == ((0, 1),) and {s for s, _ in pairs} == {4} else 2
     diag_mode = 2 if diag_pairs else 1 if keep_positive else 0
     diag_pairs = diag_pairs or ()
-    return (1 if anchors_only else 2, np.array([s for s, _ in pairs], dtype=np.int64),
+    return (rows, np.array([s for s, _ in pairs], dtype=np.int64),
             np.array([t for _, t in pairs], dtype=np.int64), mix, diag_mode, pairs.index((0, 1)) if (0, 1) in pairs else -1,
             np.array([s for s, _ in diag_pairs], dtype=np.int64), np.array([t for _, t in diag_pairs], dtype=np.int64),
             np.array(synthetic, dtype=np.int64))
@@ -318,10 +330,12 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         if rank != 1:
             raise ValueError("the compiled Symm logit node chooses the hardest candidate only (hardness_rank=1)")
         plan = _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs)
-        kr, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, synthetic_pair = plan
+        row_kind, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, synthetic_pair = plan
         n = anchors.shape[0]
         points = torch.cat([anchors, positives])
-        gram_rows = (points[:n] if kr == 1 else points) @ points.T  # (kr·N, 2N)
+        rows = (points[:n], anchors + positives, points)[row_kind]
+        gram_rows = rows @ points.T  # (kr·N, 2N)
+        kr = 2 if row_kind == 2 else 1
         coef = gram_rows.new_empty(4 + mix.shape[0], 2, n)
         diag = gram_rows.new_empty(3, n)
         values = gram_rows.new_empty(n, n)
@@ -332,7 +346,7 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
                              keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair, arrays[3], arrays[2],
                              values.numpy(), which.numpy())
         share = torch.tensor(count / (n * (n - 1)), dtype=torch.float64)
-        ctx.kept = (points, gram_rows, arrays, which.numpy(), alpha * beta, eps, plan, off_scale, diag_scale)
+        ctx.kept = (points, rows, gram_rows, arrays, which.numpy(), alpha * beta, eps, plan, off_scale, diag_scale)
         ctx.mark_non_differentiable(which, share)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for ``which`` and ``share``
         return values, which, share
@@ -342,17 +356,25 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if grad is None:  # the logits were not used
             return (None,) * 14
-        points, gram_rows, (_, gram, coef, diag), which, alpha_beta, eps, plan, off_scale, diag_scale = ctx.kept
-        kr, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _ = plan
+        points, rows, gram_rows, (_, gram, coef, diag), which, alpha_beta, eps, plan, off_scale, diag_scale = ctx.kept
+        row_kind, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _ = plan
         n = diag.shape[1]
         d_rows = _scratch_like(gram_rows)
-        d_sq_positives = torch.empty(n, 1, dtype=gram_rows.dtype)
-        _backward(grad.contiguous().numpy(), gram, coef, diag, kr, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode,
-                  diag_rows, diag_cols, off_scale, diag_scale, which, d_rows.numpy(), d_sq_positives.numpy())
-        if kr == 2:  # d_rows is the symmetrised (2N, 2N) gradient of points · pointsᵀ
+        d_norms = torch.empty(3, n, 1, dtype=gram_rows.dtype)
+        _backward(grad.contiguous().numpy(), gram, coef, diag, 2 if row_kind == 2 else 1, row_kind != 1, alpha_beta, eps,
+                  pair_rows, pair_cols, mix, diag_mode, diag_rows, diag_cols, off_scale, diag_scale, which, d_rows.numpy(),
+                  d_norms.numpy())
+        anchors, positives = points[:n], points[n:]
+        if row_kind == 2:  # d_rows is the symmetrised (2N, 2N) gradient of points · pointsᵀ
             d_points = d_rows @ points
-            d_anchors, d_positives = d_points[:n], d_points[n:]
-        else:  # gram_rows = A · [A; P]ᵀ: the A·Aᵀ block symmetrised, A·Pᵀ as is
+            return (d_points[:n], d_points[n:]) + (None,) * 12
+        if row_kind == 0:  # gram_rows = A · [A; P]ᵀ: the A·Aᵀ block symmetrised, A·Pᵀ as is
             d_anchors = d_rows @ points
-            d_positives = torch.addcmul(d_rows[:, n:].T @ points[:n], points[n:], d_sq_positives)
+            d_positives = torch.addcmul(d_rows[:, n:].T @ anchors, positives, d_norms[2])
+            return (d_anchors, d_positives) + (None,) * 12
+        # gram_rows = (A + P) · [A; P]ᵀ; the norms' and a·p's gradients are not on it
+        d_sums = d_rows @ points
+        d_points = d_rows.T @ rows
+        d_anchors = d_points[:n].add_(d_sums).addcmul_(anchors, d_norms[0]).addcmul_(positives, d_norms[1])
+        d_positives = d_points[n:].add_(d_sums).addcmul_(positives, d_norms[2]).addcmul_(anchors, d_norms[1])
         return (d_anchors, d_positives) + (None,) * 12
