@@ -219,11 +219,12 @@ if numba is not None:
 
 
 class CompiledSymmDistances(torch.autograd.Function):
-    """(anchors, positives) -> (Symm negatives, positive distances D(a_i, p_i), synthetic share), one node.
+    """(anchors, positives) -> (Symm negatives, positive distances D(a_i, p_i), choice, synthetic share), one node.
 
     ``pair16`` False (point4): negatives (2N, N), row r·N + i = real point r of class i (a_i, then
     p_i), column j = the closest of class j's points {a_j, p_j, S1_j, S2_j}; True: (N, N), the
-    smallest distance over the 16 pairs of S_i × S_j. +inf on the same-class entries. The share
+    smallest distance over the 16 pairs of S_i × S_j. +inf on the same-class entries. The choice
+    (int8, the negatives' shape, no gradient): the set t (point4) or 4·s + t (pair16). The share
     (0-d float64, no gradient): of the other-class choices, those involving a synthetic point.
     Hardest candidate only (hardness rank 1); ``rescale_to_axis_norm`` is not handled here.
 
@@ -232,7 +233,8 @@ class CompiledSymmDistances(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, pair16: bool, squared: bool,  # type: ignore[override]
-                alpha: float, beta: float, form: str, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                alpha: float, beta: float, form: str, eps: float = 1e-12
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         n = anchors.shape[0]
         points = torch.cat([anchors, positives])
         gram = points @ points.T  # (2N, 2N)
@@ -250,14 +252,16 @@ class CompiledSymmDistances(torch.autograd.Function):
         count = choose(arrays[0], arrays[1], arrays[3], low, squared, values.numpy(), which.numpy())
         share = torch.tensor(count / (values.shape[0] * (n - 1)), dtype=torch.float64)
         ctx.kept = (points, gram, arrays, which.numpy(), pair16, squared, low, own, alpha * beta, eps)
-        ctx.mark_non_differentiable(share)
-        ctx.set_materialize_grads(False)  # no zero-filled gradient for ``share`` (or an unused output)
-        return values, positive, share
+        ctx.mark_non_differentiable(which, share)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for ``which``, ``share`` (or an unused output)
+        return values, positive, which, share
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, d_values: torch.Tensor | None, d_positive: torch.Tensor | None,  # type: ignore[override]
-                 _: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+                 *_: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        if d_values is None and d_positive is None:
+            return (None,) * 8
         points, gram_tensor, (gram, coef, diag, sq), which, pair16, squared, low, own, alpha_beta, eps = ctx.kept
         n = diag.shape[1]
         d_rows = _scratch_like(gram_tensor)  # every entry written below
@@ -280,5 +284,5 @@ def symm_distances(anchors: torch.Tensor, positives: torch.Tensor, pair16: bool,
                    form: str) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(negatives with +inf on the same-class entries, positive distances, synthetic share) from
     ``CompiledSymmDistances`` (the caller checks ``symm.losses.kernels.usable``)."""
-    negatives, positive, share = CompiledSymmDistances.apply(anchors, positives, pair16, squared, alpha, beta, form)
+    negatives, positive, _, share = CompiledSymmDistances.apply(anchors, positives, pair16, squared, alpha, beta, form)
     return negatives, positive, share.item()
