@@ -3,7 +3,7 @@
 Why: at the paper's batch on CPU the torch path of a Symm distance loss is bound by the number
 of tensor calls: the coefficients node, the candidate grids, the first-winner choice, the
 recomputation of the chosen distances (``GridSims``), the clamps / sqrt, the flags grid and
-their backward are ~60 small kernels, each with fresh full-size temporaries. Here they are one
+their backward are dozens of small kernels, many with fresh full-size temporaries. Here they are one
 node: a compiled forward loop (choice, chosen distances, positive distances, synthetic share)
 and a compiled backward loop (the closed form into one (2N, 2N) Gram gradient) around the
 matmuls (the Gram forward, one product backward), which stay in torch. The pattern and two
@@ -16,7 +16,10 @@ Same arithmetic and choice as ``symm.losses.distance.hardest_of_each_class`` /
 distance ||X_s[i]||² + ||X_t[j]||² − 2 X_s[i] · X_t[j] with X · X = Σ_kl C[s,k,i] K[k,l,i,j] C[t,l,j],
 in the points' precision and in the torch path's order (exact ties stay exact, the first
 candidate wins); then ``to_distance``'s clamps (squared: clamp_min(0); Euclidean: clamp_min(1e-12)
-then sqrt), whose gradients pass only strictly above the clamp, as autograd's. The synthetic
+then sqrt), whose gradients pass only strictly above the clamp, as autograd's. One tie is
+exact only here: for a_j = p_j the mirror images S1_j, S2_j coincide, but the torch path's
+``addcmul`` (a fused multiply-add) rounds their candidates differently, so there rounding picks
+one of them and here the first (S1) wins; both are the same distance. The synthetic
 points' squared norms are ``_SymmCoefficients``'s: ||S1||² = own²·||p||² + along₁·(2·own·a·p +
 along₁·||a||²), ||S2||² the same with a and p swapped, along_s = αβ·(a·p)/max(||axis_s||², eps).
 
@@ -31,7 +34,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from symm.losses.kernels import _coefficients, _scratch_like, _symmetrise, numba
+from symm.losses import kernels
+from symm.losses.kernels import numba
 
 SQRT_CLAMP = 1e-12  # as ``to_distance``
 _NO_ROW_MIX = np.zeros((0, 4), dtype=np.float64)  # the coefficients helper's summed row sets: none here
@@ -217,6 +221,28 @@ if numba is not None:
             d_rows[n + j, n + j] += d_sp
             d_rows[j, n + j] += d_ap
 
+    @_jit
+    def _forward_all(gram, coef, diag, own, low, squared, pair16, sq, values, which, positive):  # pragma: no cover - compiled
+        """Synthetic norms, positive distances and the selection in one call; returns the synthetic count."""
+        _synthetic_norms(diag, coef, own, sq)
+        _positives(diag, low, squared, positive)
+        if pair16:
+            return _pair16_forward(gram, coef, sq, low, squared, values, which)
+        return _point4_forward(gram, coef, sq, low, squared, values, which)
+
+    @_jit
+    def _backward_all(d_values, d_positive, gram, coef, diag, sq, own, alpha_beta, eps, low, squared, pair16, which,
+                      d_rows):  # pragma: no cover - compiled
+        """The whole backward but the symmetrisation: the grid, then the chain through the norms."""
+        n = diag.shape[1]
+        d_sq = np.zeros((4, n))
+        d_coef = np.zeros((4, 2, n))
+        if pair16:
+            _pair16_backward(d_values, gram, coef, sq, low, squared, which, d_rows, d_sq, d_coef)
+        else:
+            _point4_backward(d_values, gram, coef, sq, low, squared, which, d_rows, d_sq, d_coef)
+        _through_norms(d_sq, d_coef, d_positive, diag, coef, own, alpha_beta, eps, low, squared, d_rows)
+
 
 class CompiledSymmDistances(torch.autograd.Function):
     """(anchors, positives) -> (Symm negatives, positive distances D(a_i, p_i), choice, synthetic share), one node.
@@ -228,7 +254,7 @@ class CompiledSymmDistances(torch.autograd.Function):
     (0-d float64, no gradient): of the other-class choices, those involving a synthetic point.
     Hardest candidate only (hardness rank 1); ``rescale_to_axis_norm`` is not handled here.
 
-    Per call: one cat and one matmul forward, three compiled calls each way, one matmul backward.
+    Per call: one cat, one matmul and two compiled calls forward; two compiled calls and one matmul backward.
     """
 
     @staticmethod
@@ -245,11 +271,9 @@ class CompiledSymmDistances(torch.autograd.Function):
         own = beta * (1 - alpha) if form == "paper" else -beta
         low = points.numpy().dtype.type(0.0 if squared else SQRT_CLAMP)  # the clamp in the points' precision
         arrays = (gram.numpy(), coef.numpy(), diag.numpy(), sq.numpy())
-        _coefficients(points.numpy(), alpha * beta, own, eps, _NO_ROW_MIX, arrays[2], arrays[1])
-        _synthetic_norms(arrays[2], arrays[1], own, arrays[3])
-        _positives(arrays[2], low, squared, positive.numpy())
-        choose = _pair16_forward if pair16 else _point4_forward
-        count = choose(arrays[0], arrays[1], arrays[3], low, squared, values.numpy(), which.numpy())
+        kernels._coefficients(points.numpy(), alpha * beta, own, eps, _NO_ROW_MIX, arrays[2], arrays[1])
+        count = _forward_all(arrays[0], arrays[1], arrays[2], own, low, squared, pair16, arrays[3], values.numpy(),
+                             which.numpy(), positive.numpy())
         share = torch.tensor(count / (values.shape[0] * (n - 1)), dtype=torch.float64)
         ctx.kept = (points, gram, arrays, which.numpy(), pair16, squared, low, own, alpha * beta, eps)
         ctx.mark_non_differentiable(which, share)
@@ -264,18 +288,14 @@ class CompiledSymmDistances(torch.autograd.Function):
             return (None,) * 8
         points, gram_tensor, (gram, coef, diag, sq), which, pair16, squared, low, own, alpha_beta, eps = ctx.kept
         n = diag.shape[1]
-        d_rows = _scratch_like(gram_tensor)  # every entry written below
-        d_sq = np.zeros((4, n))
-        d_coef = np.zeros((4, 2, n))
+        d_rows = kernels._scratch_like(gram_tensor)  # every entry written below
         if d_values is None:  # only the positives were used
             d_values = torch.zeros(which.shape, dtype=gram_tensor.dtype)
         if d_positive is None:
             d_positive = torch.zeros(n, dtype=gram_tensor.dtype)
-        grid_backward = _pair16_backward if pair16 else _point4_backward
-        grid_backward(d_values.contiguous().numpy(), gram, coef, sq, low, squared, which, d_rows.numpy(), d_sq, d_coef)
-        _through_norms(d_sq, d_coef, d_positive.contiguous().numpy(), diag, coef, own, alpha_beta, eps, low, squared,
-                       d_rows.numpy())
-        _symmetrise(d_rows.numpy(), 2 * n)  # K = points · pointsᵀ: dpoints = (dK + dKᵀ) · points
+        _backward_all(d_values.contiguous().numpy(), d_positive.contiguous().numpy(), gram, coef, diag, sq, own, alpha_beta,
+                      eps, low, squared, pair16, which, d_rows.numpy())
+        kernels._symmetrise(d_rows.numpy(), 2 * n)  # K = points · pointsᵀ: dpoints = (dK + dKᵀ) · points
         d_points = d_rows @ points
         return d_points[:n], d_points[n:], None, None, None, None, None, None
 
