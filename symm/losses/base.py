@@ -89,14 +89,18 @@ class PairLoss(nn.Module):
             )
         return rank
 
-    def pairs_and_sets(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointSets]:
+    def normalized_pairs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anchors, positives), normalised if the loss normalises (views of one normalised batch where possible)."""
         layout = pair_layout(labels) if embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] else None
         if layout is not None and self.normalize:  # the sampler layouts: normalise all rows at once, then split (views)
-            anchors, positives = pair_views(l2_normalize(embeddings), layout)
-        else:
-            anchors, positives, _ = split_pairs(embeddings, labels)
-            if self.normalize:
-                anchors, positives = l2_normalize(anchors), l2_normalize(positives)
+            return pair_views(l2_normalize(embeddings), layout)
+        anchors, positives, _ = split_pairs(embeddings, labels)
+        if self.normalize:
+            anchors, positives = l2_normalize(anchors), l2_normalize(positives)
+        return anchors, positives
+
+    def pairs_and_sets(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PointSets]:
+        anchors, positives = self.normalized_pairs(embeddings, labels)
         if self.negatives == "symm":
             return anchors, positives, symmetric_sets(anchors, positives, **self.reflection)
         return anchors, positives, real_sets(anchors, positives)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from symm.losses import kernels
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
+from symm.losses.distance_kernels import symm_distances
 from symm.losses.pairs import PointSets, to_distance
 from symm.losses.real_grid import contrastive_terms, hardest_triplet_terms
 
@@ -159,6 +161,20 @@ class _DistanceLoss(PairLoss):
         self.record_synthetic(synthetic.view(-1, n, n), off_diagonal=True)
         return negative, other, synthetic
 
+    def compiled_symm(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """point4 / pair16 through the compiled node where it applies (``kernels.usable``, no axis-norm
+        rescale), else None: (negatives, +inf on the same-class entries; positive distances; how many
+        negatives count). Records the synthetic share as ``symm_negatives`` does."""
+        if (self.negatives != "symm" or self.symm_mode not in ("point4", "pair16")
+                or self.reflection["rescale_to_axis_norm"] or not kernels.usable(embeddings, self.hardness_rank)):
+            return None
+        anchors, positives = self.normalized_pairs(embeddings, labels)
+        reflection = self.reflection
+        negative, positive, share = symm_distances(anchors, positives, self.symm_mode == "pair16", self.squared,
+                                                   reflection["alpha"], reflection["beta"], reflection["form"])
+        self.record_synthetic_share(share)
+        return negative, positive, negative.shape[0] * (negative.shape[1] - 1)
+
 
 class TripletLoss(_DistanceLoss):
     """mean [D(a,p) − D(a,n) + margin]₊; squared Euclidean on L2-normalised embeddings by default."""
@@ -176,6 +192,11 @@ class TripletLoss(_DistanceLoss):
         if self.negatives == "hardest":  # one node: choice, values and a sparse backward (symm.losses.real_grid)
             positive, negative = hardest_triplet_terms(*self.real_points(embeddings, labels), self.squared)
             return torch.relu(positive.repeat(2) - negative + self.margin).mean()
+        compiled = self.compiled_symm(embeddings, labels)
+        if compiled is not None:  # the same-class entries are +inf: their hinge is 0
+            negative, positive, count = compiled
+            anchor_positive = positive[:, None] if self.symm_mode == "pair16" else positive.repeat(2)[:, None]
+            return torch.relu(anchor_positive - negative + self.margin).sum() / count
         sets, positive = self.geometry(embeddings, labels)
         n = sets.n_classes
         if self.symm_mode in ("point4", "pair16"):
@@ -237,14 +258,20 @@ class LiftedStructureLoss(_DistanceLoss):
         self.margin = margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        sets, positive = self.geometry(embeddings, labels)
-        n = sets.n_classes
-        if self.negatives == "symm":
-            negative, other, _ = self.symm_negatives(sets, float_mask=False)  # bool: where(..., -inf) below
+        compiled = self.compiled_symm(embeddings, labels)
+        if compiled is not None:  # +inf on the same-class entries: their score is already -inf
+            negative, positive, _ = compiled
+            n = positive.shape[0]
+            scores = self.margin - negative
         else:
-            negative = real_distances(sets, self.squared)
-            other = other_class_mask(2, 2, n, negative.device)
-        scores = torch.where(other, self.margin - negative, -INF)
+            sets, positive = self.geometry(embeddings, labels)
+            n = sets.n_classes
+            if self.negatives == "symm":
+                negative, other, _ = self.symm_negatives(sets, float_mask=False)  # bool: where(..., -inf) below
+            else:
+                negative = real_distances(sets, self.squared)
+                other = other_class_mask(2, 2, n, negative.device)
+            scores = torch.where(other, self.margin - negative, -INF)
         if self.symm_mode != "pair16":  # a_i's and p_i's negatives together
             scores = scores.view(2, n, -1).transpose(0, 1).reshape(n, -1)
         objective = torch.logsumexp(scores, dim=1) + positive
@@ -271,6 +298,10 @@ class ContrastiveLoss(_DistanceLoss):
         if self.negatives == "none":  # one node with a closed-form backward (symm.losses.real_grid)
             positive, negative_term = contrastive_terms(*self.real_points(embeddings, labels), self.margin, self.squared)
             return torch.relu(positive - self.pos_margin).mean() + negative_term
+        compiled = self.compiled_symm(embeddings, labels)
+        if compiled is not None:  # the same-class entries are +inf: their hinge is 0
+            negative, positive, count = compiled
+            return torch.relu(positive - self.pos_margin).mean() + torch.relu(self.margin - negative).sum() / count
         sets, positive = self.geometry(embeddings, labels)
         n = sets.n_classes
         positive_term = torch.relu(positive - self.pos_margin).mean()
