@@ -60,13 +60,17 @@ ROWS: list[tuple[str, str | None, str, dict]] = [
     ("angular", None, "angular", {}),
     ("symm_angular official", "angular", "angular", {"negatives": "symm", "symm_mode": "official"}),
     ("symm_angular point4", "angular", "angular", {"negatives": "symm", "symm_mode": "point4"}),
-    # the same Symm logit losses through the torch node (symm.losses.fused) instead of the compiled
-    # loops (symm.losses.kernels), side by side in the same rounds
+    # the same Symm losses through the torch path (symm.losses.fused / PointSets) instead of the
+    # compiled loops (symm.losses.kernels, symm.losses.distance_kernels), side by side in the same rounds
     ("symm_npair official, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "official", "compiled": False}),
     ("symm_npair point4, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
     ("symm_npair pair16, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "pair16", "compiled": False}),
     ("symm_angular official, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "official", "compiled": False}),
     ("symm_angular point4, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
+    ("symm_triplet point4, torch node", "triplet", "triplet", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
+    ("symm_lifted point4, torch node", "lifted", "lifted", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
+    ("symm_contrastive point4, torch node", "contrastive", "contrastive",
+     {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
     ("triplet", None, "triplet", {}),
     ("triplet_hardest", None, "triplet", {"negatives": "hardest"}),
     ("symm_triplet point4", "triplet", "triplet", {"negatives": "symm", "symm_mode": "point4"}),
