@@ -91,7 +91,7 @@ class PairLoss(nn.Module):
 
     def normalized_pairs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(anchors, positives), normalised if the loss normalises (views of one normalised batch where possible)."""
-        layout = pair_layout(labels) if embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] else None
+        layout = _batch_layout(embeddings, labels)
         if layout is not None and self.normalize:  # the sampler layouts: normalise all rows at once, then split (views)
             return pair_views(l2_normalize(embeddings), layout)
         anchors, positives, _ = split_pairs(embeddings, labels)
@@ -112,7 +112,7 @@ class PairLoss(nn.Module):
         blocked layout [A; P]. Normalised as ``pairs_and_sets`` does (row-wise: the same values),
         for nodes that take the whole batch at once (no views, cat or gather between them and it).
         """
-        layout = pair_layout(labels) if embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] else None
+        layout = _batch_layout(embeddings, labels)
         if layout is None:
             anchors, positives, _ = split_pairs(embeddings, labels)
             embeddings, layout = torch.cat([anchors, positives]), "blocked"
@@ -140,6 +140,11 @@ class PairLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"negatives={self.negatives!r}, symm_mode={self.symm_mode!r}, normalize={self.normalize}"
+
+
+def _batch_layout(embeddings: torch.Tensor, labels: torch.Tensor) -> str | None:
+    """``pair_layout`` of a well-formed batch, None otherwise (``split_pairs`` then checks and explains)."""
+    return pair_layout(labels) if embeddings.dim() == 2 and labels.shape == embeddings.shape[:1] else None
 
 
 def _first_best(candidates: torch.Tensor, dim: int, largest: bool, scratch: bool = False,

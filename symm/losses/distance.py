@@ -18,7 +18,7 @@ import torch
 from symm.losses import kernels
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
 from symm.losses.distance_kernels import symm_distances
-from symm.losses.pairs import PointSets, to_distance
+from symm.losses.pairs import SQRT_CLAMP, PointSets, to_distance
 from symm.losses.real_grid import contrastive_terms, hardest_triplet_terms
 
 INF = float("inf")
@@ -77,7 +77,7 @@ def pool_distances(sets: PointSets, squared: bool) -> torch.Tensor:
         d2 = torch.mul(cands, -2, out=pool.permute(0, 2, 1, 3)).add_(sq[:2, None, :, None]).add_(sq[None, :, None, :])
         d2.clamp_min_(0)
         if not squared:  # as to_distance
-            d2.clamp_min_(1e-12).sqrt_()
+            d2.clamp_min_(SQRT_CLAMP).sqrt_()
         return pool.view(2 * n, n_sets * n)
 
 

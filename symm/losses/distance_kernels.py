@@ -36,8 +36,7 @@ from torch.autograd.function import once_differentiable
 
 from symm.losses import kernels
 from symm.losses.kernels import numba
-
-SQRT_CLAMP = 1e-12  # as ``to_distance``
+from symm.losses.pairs import SQRT_CLAMP
 _NO_ROW_MIX = np.zeros((0, 4), dtype=np.float64)  # the coefficients helper's summed row sets: none here
 
 if numba is not None:

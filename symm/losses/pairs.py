@@ -248,10 +248,12 @@ class PointSets:
         return to_distance(sq[:, None, :, None] + sq[None, :, None, :] - 2 * self.sims, squared)
 
 
+SQRT_CLAMP = 1e-12  # squared distances below this get no gradient through sqrt (finite for duplicate points)
+
+
 def to_distance(sq_dist: torch.Tensor, squared: bool) -> torch.Tensor:
     sq_dist = sq_dist.clamp_min(0)
-    # the clamp keeps the gradient of sqrt finite for duplicate points (distance 0)
-    return sq_dist if squared else sq_dist.clamp_min(1e-12).sqrt()
+    return sq_dist if squared else sq_dist.clamp_min(SQRT_CLAMP).sqrt()
 
 
 def _real_coef(n: int, like: torch.Tensor) -> torch.Tensor:

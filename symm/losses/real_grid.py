@@ -21,9 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from symm.losses.base import kth_hardest
-from symm.losses.pairs import pair_views, to_distance
-
-SQRT_CLAMP = 1e-12  # as ``to_distance``: squared distances below this get no gradient through sqrt
+from symm.losses.pairs import SQRT_CLAMP, pair_views, to_distance
 
 
 def _same_class_entries(grid: torch.Tensor, n: int, layout: str = "blocked") -> torch.Tensor:
