@@ -10,7 +10,7 @@ import torch
 
 from symm.losses import create_loss
 from symm.losses.fused import SymmNPairLogits, symm_npair_logits
-from symm.losses.kernels import CompiledSymmNPairLogits, compiled_kernels_enabled
+from symm.losses.kernels import CompiledSymmNPairLogits, compiled_kernels_enabled, compiled_symm_npair_logits
 from symm.losses.npair import OFFICIAL_ORDERED_PAIRS, OFFICIAL_SET_PAIRS
 
 pytestmark = pytest.mark.skipif(not compiled_kernels_enabled(), reason="numba not importable or switched off")
@@ -35,6 +35,12 @@ def _node_args(selection: dict, alpha: float = 2.0, beta: float = 1.0, form: str
             selection.get("row_mix"))
 
 
+def _compiled(anchors, positives, pairs, anchors_only, rank, keep_positive, *rest):
+    """The compiled node called with the torch node's arguments (it takes no rank: the hardest only)."""
+    assert rank == 1
+    return compiled_symm_npair_logits(anchors, positives, pairs, anchors_only, keep_positive, *rest)
+
+
 def _random_points(seed: int, n: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     anchors, positives = torch.randn(2, n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return anchors, positives
@@ -53,9 +59,9 @@ def _assert_same_choice(which, ref_which):
 
 def _both_nodes(anchors, positives, selection, reflection, weights):
     results = []
-    for node in (CompiledSymmNPairLogits, SymmNPairLogits):
+    for node in (_compiled, SymmNPairLogits.apply):
         a, p = anchors.detach().clone().requires_grad_(), positives.detach().clone().requires_grad_()
-        values, which = node.apply(a, p, *_node_args(selection, **reflection))[:2]
+        values, which = node(a, p, *_node_args(selection, **reflection))[:2]
         grads = torch.autograd.grad((values * weights).sum(), (a, p))
         results.append((values, which, grads))
     return results
@@ -84,7 +90,7 @@ def test_counted_synthetic_share_equals_the_share_of_the_flags(name):
     anchors, positives = _random_points(4, n, 6)
     selection = SELECTIONS[name]
     args = _node_args(selection)
-    _, _, share = CompiledSymmNPairLogits.apply(anchors, positives, *args)
+    _, _, share = _compiled(anchors, positives, *args)
     _, which = SymmNPairLogits.apply(anchors, positives, *args)
     mix = selection.get("row_mix")
     synthetic = 0
@@ -95,15 +101,15 @@ def test_counted_synthetic_share_equals_the_share_of_the_flags(name):
                 sets = (t, *mix[s]) if mix is not None else (s, t)
                 synthetic += max(sets) >= 2
     assert 0 < synthetic < n * (n - 1)
-    assert share.item() == pytest.approx(synthetic / (n * (n - 1)))
+    assert share == pytest.approx(synthetic / (n * (n - 1)))
 
 
 @pytest.mark.parametrize("name", sorted(SELECTIONS))
 def test_compiled_node_in_float32_matches_float64(name):
     anchors, positives = _random_points(3, 16, 12)
     selection = SELECTIONS[name]
-    exact = CompiledSymmNPairLogits.apply(anchors, positives, *_node_args(selection))[0]
-    single = CompiledSymmNPairLogits.apply(anchors.float(), positives.float(), *_node_args(selection))[0]
+    exact = _compiled(anchors, positives, *_node_args(selection))[0]
+    single = _compiled(anchors.float(), positives.float(), *_node_args(selection))[0]
     assert single.dtype == torch.float32
     torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-4)
 
@@ -117,7 +123,7 @@ def test_compiled_node_passes_gradcheck(name):
     selection = SELECTIONS[name]
 
     def logits(a, p):
-        return CompiledSymmNPairLogits.apply(a, p, *_node_args(selection))[0]
+        return _compiled(a, p, *_node_args(selection))[0]
 
     assert torch.autograd.gradcheck(logits, (anchors, positives))
 
@@ -147,8 +153,7 @@ def test_a_nan_input_gives_a_nan_logit_not_an_error():
     anchors = torch.randn(4, 3, dtype=torch.float64)
     positives = torch.randn(4, 3, dtype=torch.float64)
     anchors[0, 0] = float("nan")
-    values, which, _ = CompiledSymmNPairLogits.apply(anchors, positives, list(OFFICIAL_SET_PAIRS), False, 1, True, 2.0,
-                                                     1.0, "paper", 1e-12, None)
+    values, which, _ = _compiled(anchors, positives, list(OFFICIAL_SET_PAIRS), False, 1, True, 2.0, 1.0, "paper", 1e-12, None)
     assert torch.isnan(values[0]).all()
     assert (which >= 0).all() and (which < len(OFFICIAL_SET_PAIRS)).all()
 

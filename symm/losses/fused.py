@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from symm.losses.base import kth_hardest
 from symm.losses.grid import gather_rows
-from symm.losses.kernels import CompiledSymmNPairLogits, usable
+from symm.losses.kernels import compiled_symm_npair_logits, usable
 from symm.losses.pairs import candidates_from_gram
 
 
@@ -118,9 +118,8 @@ def symm_npair_logits(anchors: torch.Tensor, positives: torch.Tensor, pairs: lis
     The compiled node (``symm.losses.kernels``) where it applies, else ``SymmNPairLogits``.
     """
     if usable(anchors, rank):
-        values, which, share = CompiledSymmNPairLogits.apply(anchors, positives, pairs, anchors_only, rank, keep_positive,
-                                                             alpha, beta, form, eps, row_mix)
-        return values, which, share.item()
+        return compiled_symm_npair_logits(anchors, positives, pairs, anchors_only, keep_positive, alpha, beta, form, eps,
+                                          row_mix)
     values, which = SymmNPairLogits.apply(anchors, positives, pairs, anchors_only, rank, keep_positive, alpha, beta, form,
                                           eps, row_mix)
     return values, which, None

@@ -283,10 +283,12 @@ def _scratch_like(tensor: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive: bool,
-          row_mix: tuple[tuple[int, ...], ...] | None, diag_pairs: tuple[tuple[int, int], ...] | None) -> tuple:
+          row_mix: tuple[tuple[int, ...], ...] | None, diag_pairs: tuple[tuple[int, int], ...] | None,
+          consts: tuple[float, float, float, float, float]) -> tuple:
     """The selection as arrays for the loops, once per selection: (kind of rows, row set per pair, column set
     per pair, summed-row-set membership, diagonal mode, index of (A, P) or -1, diagonal pairs' row
-    and column sets, 1 where a pair involves a synthetic set)."""
+    and column sets, 1 where a pair involves a synthetic set, ``consts``: αβ, the reflected point's
+    own coefficient, eps, off-diagonal and diagonal scales)."""
     synthetic = [int(t >= 2 or (s >= 2 if row_mix is None else max(row_mix[s]) >= 2)) for s, t in pairs]
     mix = np.zeros((0 if row_mix is None else len(row_mix), 4), dtype=np.float64)
     if row_mix is not None:  # row r of a pair is the sum of the sets row_mix[r] (the angular loss's X_s + X_t)
@@ -304,77 +306,95 @@ def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive:
     return (rows, np.array([s for s, _ in pairs], dtype=np.int64),
             np.array([t for _, t in pairs], dtype=np.int64), mix, diag_mode, pairs.index((0, 1)) if (0, 1) in pairs else -1,
             np.array([s for s, _ in diag_pairs], dtype=np.int64), np.array([t for _, t in diag_pairs], dtype=np.int64),
-            np.array(synthetic, dtype=np.int64))
+            np.array(synthetic, dtype=np.int64), consts)
+
+
+class NodeOutputs:
+    """What the compiled node hands back besides the logits: the chosen set pair per entry (int8
+    NumPy grid) and the share of off-diagonal choices that involve a synthetic set.
+
+    A side channel instead of extra autograd outputs: non-differentiable outputs cost the node
+    more bookkeeping per call than its whole choice loop.
+    """
+
+    __slots__ = ("which", "share")
 
 
 class CompiledSymmNPairLogits(torch.autograd.Function):
-    """``SymmNPairLogits`` with the grid work in compiled loops; same call, values and gradients (rank 1).
+    """``SymmNPairLogits`` with the grid work in compiled loops; same values and gradients (rank 1).
 
-    A third output: the share of off-diagonal choices that involve a synthetic set (0-d, no gradient),
-    counted in the loop (the flags grid and its reduction cost more than the count on CPU).
-    Extra options for the angular loss (its whole logit matrix in the same call): ``diag_pairs``,
-    the diagonal as the largest X_s[i] · X_t[i] over these set pairs (the release's ``official``),
-    and the scales of the off-diagonal and diagonal logits. With ``row_mix``, ``keep_positive``
-    puts a_i · p_i on the diagonal (the torch node leaves the diagonal to the caller there).
+    Called through ``compiled_symm_npair_logits`` (which builds the plan and reads the outputs).
+    The synthetic share is counted in the loop (the flags grid and its reduction cost more than
+    the count on CPU). Extra options for the angular loss (its whole logit matrix in the same
+    call): ``diag_pairs``, the diagonal as the largest X_s[i] · X_t[i] over these set pairs (the
+    release's ``official``), and the scales of the off-diagonal and diagonal logits. With
+    ``row_mix``, ``keep_positive`` puts a_i · p_i on the diagonal (the torch node leaves the
+    diagonal to the caller there).
 
     Per call: one cat and one matmul forward, one compiled loop each way, one or two matmuls backward;
     the compiled loops work on NumPy views of the tensors (no copies), kept on ``ctx`` for backward.
     """
 
     @staticmethod
-    def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]],  # type: ignore[override]
-                anchors_only: bool, rank: int, keep_positive: bool, alpha: float, beta: float, form: str,
-                eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None,
-                diag_pairs: tuple[tuple[int, int], ...] | None = None, off_scale: float = 1.0,
-                diag_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if rank != 1:
-            raise ValueError("the compiled Symm logit node chooses the hardest candidate only (hardness_rank=1)")
-        plan = _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs)
-        row_kind, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, synthetic_pair = plan
+    def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, plan: tuple,  # type: ignore[override]
+                outputs: NodeOutputs) -> torch.Tensor:
+        row_kind, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, synthetic_pair, consts = plan
+        alpha_beta, own, eps, off_scale, diag_scale = consts
         n = anchors.shape[0]
         points = torch.cat([anchors, positives])
-        rows = (points[:n], anchors + positives, points)[row_kind]
+        rows = points[:n] if row_kind == 0 else points if row_kind == 2 else anchors + positives
         gram_rows = rows @ points.T  # (kr·N, 2N)
-        kr = 2 if row_kind == 2 else 1
-        coef = gram_rows.new_empty(4 + mix.shape[0], 2, n)
-        diag = gram_rows.new_empty(3, n)
-        values = gram_rows.new_empty(n, n)
-        which = torch.empty(n, n, dtype=torch.int8)  # at most 16 set pairs; a small grid is cheaper to allocate
-        own = beta * (1 - alpha) if form == "paper" else -beta
-        arrays = (points.numpy(), gram_rows.numpy(), coef.numpy(), diag.numpy())
-        count = _forward_all(arrays[0], arrays[1], kr, alpha * beta, own, eps, pair_rows, pair_cols, mix, diag_mode,
-                             keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair, arrays[3], arrays[2],
-                             values.numpy(), which.numpy())
-        share = torch.tensor(count / (n * (n - 1)), dtype=torch.float64)
-        ctx.kept = (points, rows, gram_rows, arrays, which.numpy(), alpha * beta, eps, plan, off_scale, diag_scale)
-        ctx.mark_non_differentiable(which, share)
-        ctx.set_materialize_grads(False)  # no zero-filled gradients for ``which`` and ``share``
-        return values, which, share
+        values = torch.empty(n, n, dtype=points.dtype)
+        arrays = (points.numpy(), gram_rows.numpy())
+        dtype = arrays[0].dtype
+        coef = np.empty((4 + mix.shape[0], 2, n), dtype=dtype)
+        diag = np.empty((3, n), dtype=dtype)
+        which = np.empty((n, n), dtype=np.int8)  # at most 16 set pairs
+        count = _forward_all(arrays[0], arrays[1], 2 if row_kind == 2 else 1, alpha_beta, own, eps, pair_rows, pair_cols,
+                             mix, diag_mode, keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair, diag,
+                             coef, values.numpy(), which)
+        outputs.which = which
+        outputs.share = count / (n * (n - 1))
+        ctx.kept = (points, rows, gram_rows, arrays[1], coef, diag, which, plan)
+        return values
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        if grad is None:  # the logits were not used
-            return (None,) * 14
-        points, rows, gram_rows, (_, gram, coef, diag), which, alpha_beta, eps, plan, off_scale, diag_scale = ctx.kept
-        row_kind, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _ = plan
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        points, rows, gram_rows, gram, coef, diag, which, plan = ctx.kept
+        row_kind, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _, consts = plan
+        alpha_beta, _, eps, off_scale, diag_scale = consts
         n = diag.shape[1]
         d_rows = _scratch_like(gram_rows)
-        d_norms = torch.empty(3, n, 1, dtype=gram_rows.dtype)
+        d_norms = np.empty((3, n, 1), dtype=coef.dtype)
         _backward(grad.contiguous().numpy(), gram, coef, diag, 2 if row_kind == 2 else 1, row_kind != 1, alpha_beta, eps,
                   pair_rows, pair_cols, mix, diag_mode, diag_rows, diag_cols, off_scale, diag_scale, which, d_rows.numpy(),
-                  d_norms.numpy())
-        anchors, positives = points[:n], points[n:]
+                  d_norms)
         if row_kind == 2:  # d_rows is the symmetrised (2N, 2N) gradient of points · pointsᵀ
             d_points = d_rows @ points
-            return (d_points[:n], d_points[n:]) + (None,) * 12
+            return d_points[:n], d_points[n:], None, None
+        anchors, positives = points[:n], points[n:]
+        norms = torch.from_numpy(d_norms)
         if row_kind == 0:  # gram_rows = A · [A; P]ᵀ: the A·Aᵀ block symmetrised, A·Pᵀ as is
-            d_anchors = d_rows @ points
-            d_positives = torch.addcmul(d_rows[:, n:].T @ anchors, positives, d_norms[2])
-            return (d_anchors, d_positives) + (None,) * 12
+            return d_rows @ points, (d_rows[:, n:].T @ anchors).addcmul_(positives, norms[2]), None, None
         # gram_rows = (A + P) · [A; P]ᵀ; the norms' and a·p's gradients are not on it
         d_sums = d_rows @ points
         d_points = d_rows.T @ rows
-        d_anchors = d_points[:n].add_(d_sums).addcmul_(anchors, d_norms[0]).addcmul_(positives, d_norms[1])
-        d_positives = d_points[n:].add_(d_sums).addcmul_(positives, d_norms[2]).addcmul_(anchors, d_norms[1])
-        return (d_anchors, d_positives) + (None,) * 12
+        d_anchors = d_points[:n].add_(d_sums).addcmul_(anchors, norms[0]).addcmul_(positives, norms[1])
+        d_positives = d_points[n:].add_(d_sums).addcmul_(positives, norms[2]).addcmul_(anchors, norms[1])
+        return d_anchors, d_positives, None, None
+
+
+def compiled_symm_npair_logits(anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]],
+                               anchors_only: bool, keep_positive: bool, alpha: float, beta: float, form: str,
+                               eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None,
+                               diag_pairs: tuple[tuple[int, int], ...] | None = None, off_scale: float = 1.0,
+                               diag_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(logits, chosen set pair per entry (int8), synthetic share of the off-diagonal choices) from the
+    compiled node: ``SymmNPairLogits``'s call (hardest candidate only) plus the angular options above."""
+    own = beta * (1 - alpha) if form == "paper" else -beta
+    plan = _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs,
+                 (alpha * beta, own, eps, off_scale, diag_scale))
+    outputs = NodeOutputs()
+    values = CompiledSymmNPairLogits.apply(anchors, positives, plan, outputs)
+    return values, torch.from_numpy(outputs.which), outputs.share

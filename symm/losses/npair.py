@@ -182,11 +182,11 @@ class AngularLoss(_LogitLoss):
             return None
         set_pairs, sums, pairs = self._row_sums()
         if kernels.usable(anchors, self.hardness_rank):  # the whole logit matrix in one compiled call
-            logits, which, share = kernels.CompiledSymmNPairLogits.apply(
-                anchors, positives, pairs, False, 1, self.keep_positive, reflection["alpha"], reflection["beta"],
+            logits, which, share = kernels.compiled_symm_npair_logits(
+                anchors, positives, pairs, False, self.keep_positive, reflection["alpha"], reflection["beta"],
                 reflection["form"], 1e-12, tuple(sums), None if self.keep_positive else tuple(set_pairs),
                 4 * self.tan_sq, 2 * (1 + self.tan_sq))
-            return logits, share.item() if not flags else _is_synthetic(set_pairs, which)
+            return logits, share if not flags else _is_synthetic(set_pairs, which)
         off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
                                               reflection["alpha"], reflection["beta"], reflection["form"], 1e-12, tuple(sums))
         off = (4 * self.tan_sq) * off
