@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU checks in one command, for a lent GPU machine (no network there; its own torch):
+# tests/test_cuda.py (every loss on CUDA equals the CPU, one trial on the GPU) and the
+# loss-overhead bench on the GPU. Logs go to $OUT (the device tool brings them back).
+#
+#   here, where pip works:     scripts/device_check.sh fetch   # the missing wheels into .whl/ (git-ignored locally)
+#   on the GPU machine:        scripts/device_check.sh run     # with .whl carried along
+#
+# The GPU image has torch, numpy, numba, scipy, scikit-learn, PyYAML and tqdm; it lacks
+# pytorch-metric-learning (the bench's reference rows) and faiss-cpu (evaluation), pinned in
+# requirements.txt and carried as wheels.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+case "${1:-run}" in
+  fetch)
+    set -e
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    # shellcheck disable=SC2046
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 -d .whl \
+      $(grep -oE '^(pytorch-metric-learning|faiss-cpu)==[0-9.]+' requirements.txt)
+    ls -l .whl
+    ;;
+  run)
+    out="${OUT:-/tmp/device_check}"
+    mkdir -p "$out"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+    { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+      python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
+    } | tee "$out/gpu.txt"
+    status=0
+    python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || status=1
+    python3 -m bench.loss_overhead --device cuda --repeats 50 2>&1 | tee "$out/loss_overhead_cuda.md" || status=1
+    exit "$status"
+    ;;
+  *)
+    echo "usage: scripts/device_check.sh fetch|run" >&2
+    exit 2
+    ;;
+esac
