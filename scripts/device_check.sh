@@ -7,19 +7,23 @@
 #   on the GPU machine:        scripts/device_check.sh run     # with .whl carried along
 #
 # The GPU image has torch, numpy, numba, scipy, scikit-learn, PyYAML and tqdm; it lacks
-# pytorch-metric-learning (the bench's reference rows) and faiss-cpu (evaluation), pinned in
-# requirements.txt and carried as wheels.
+# pytorch-metric-learning (the bench's reference rows), faiss-cpu (evaluation) and pydantic
+# (symm.config, with pydantic-core, annotated-types, typing-inspection, typing-extensions): the
+# versions pinned in requirements.txt and, for pydantic's own needs, those of this .venv.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 case "${1:-run}" in
   fetch)
     set -e
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-    # shellcheck disable=SC2046
+    [ -x .venv/bin/python ] || { echo "run scripts/bootstrap.sh first (the versions come from .venv)" >&2; exit 1; }
+    wanted="$(grep -oE '^(pytorch-metric-learning|faiss-cpu|pydantic)==[0-9.]+' requirements.txt)
+$(.venv/bin/python -m pip freeze 2>/dev/null | grep -iE '^(pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions)==')"
+    rm -rf .whl
+    # shellcheck disable=SC2086
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 -d .whl \
-      $(grep -oE '^(pytorch-metric-learning|faiss-cpu)==[0-9.]+' requirements.txt)
+      --platform manylinux2014_x86_64 -d .whl $wanted
     ls -l .whl
     ;;
   run)
