@@ -16,6 +16,7 @@ gradient of its winner, so this equals differentiating the max, at a fraction of
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -52,6 +53,8 @@ def pair_layout(labels: torch.Tensor) -> str | None:
     if labels.dim() != 1 or size < 4 or size % 2:
         return None
     n = size // 2
+    if labels.device.type == "cpu" and not labels.requires_grad and labels.dtype != torch.bfloat16:
+        return _pair_layout_numpy(labels.numpy(), n)  # the same checks, a few µs instead of ~25 µs of torch calls
     if torch.equal(labels[0::2], labels[1::2]):
         firsts, layout = labels[0::2], "interleaved"
     elif torch.equal(labels[:n], labels[n:]):
@@ -59,6 +62,17 @@ def pair_layout(labels: torch.Tensor) -> str | None:
     else:
         return None
     return layout if torch.unique(firsts).numel() == n else None
+
+
+def _pair_layout_numpy(labels: np.ndarray, n: int) -> str | None:
+    """``pair_layout``'s checks on a CPU label array."""
+    if np.array_equal(labels[0::2], labels[1::2]):
+        firsts, layout = labels[0::2], "interleaved"
+    elif np.array_equal(labels[:n], labels[n:]):
+        firsts, layout = labels[:n], "blocked"
+    else:
+        return None
+    return layout if np.unique(firsts).size == n else None
 
 
 def pair_views(embeddings: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
