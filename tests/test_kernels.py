@@ -10,7 +10,8 @@ import torch
 
 from symm.losses import create_loss
 from symm.losses.fused import SymmNPairLogits, symm_npair_logits
-from symm.losses.kernels import CompiledSymmNPairLogits, compiled_kernels_enabled, compiled_symm_npair_logits
+from symm.losses.kernels import (CompiledSymmNPairLogits, compiled_kernels_enabled, compiled_symm_batch_logits,
+                                 compiled_symm_npair_logits)
 from symm.losses.npair import OFFICIAL_ORDERED_PAIRS, OFFICIAL_SET_PAIRS
 
 pytestmark = pytest.mark.skipif(not compiled_kernels_enabled(), reason="numba not importable or switched off")
@@ -81,6 +82,49 @@ def test_compiled_node_equals_the_torch_node(name, reflection, seed):
     _assert_same_choice(which, ref_which)
     for grad, ref in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref)
+
+
+def _batch(anchors: torch.Tensor, positives: torch.Tensor, layout: str) -> torch.Tensor:
+    return torch.stack([anchors, positives], 1).reshape(-1, anchors.shape[1]) if layout == "interleaved" else \
+        torch.cat([anchors, positives])
+
+
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+@pytest.mark.parametrize("layout", ["interleaved", "blocked"])
+@pytest.mark.parametrize("reflection", REFLECTIONS[::2], ids=["paper", "official-form"])
+def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, layout, reflection):
+    # the node takes the whole batch in its layout; reference: the torch node on the (anchor,
+    # positive) rows split out of it, its gradients put back in the batch's row order
+    g = torch.Generator().manual_seed(11)
+    n, dim = 10, 7
+    anchors = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    positives = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    weights = torch.randn(n, n, generator=g, dtype=torch.float64)
+    selection = SELECTIONS[name]
+    args = _node_args(selection, **reflection)
+    points = _batch(anchors, positives, layout).requires_grad_()
+    values, which, share = compiled_symm_batch_logits(points, layout, args[0], args[1], *args[3:])
+    (grad,) = torch.autograd.grad((values * weights).sum(), points)
+    a, p = anchors.clone().requires_grad_(), positives.clone().requires_grad_()
+    ref_values, ref_which = SymmNPairLogits.apply(a, p, *args)
+    ref_grads = torch.autograd.grad((ref_values * weights).sum(), (a, p))
+    torch.testing.assert_close(values, ref_values)
+    _assert_same_choice(which, ref_which)
+    torch.testing.assert_close(grad, _batch(*ref_grads, layout))
+    assert share == _compiled(anchors, positives, *args)[2]
+
+
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+def test_compiled_node_on_an_interleaved_batch_passes_gradcheck(name):
+    points = torch.randn(10, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64, requires_grad=True)
+    args = _node_args(SELECTIONS[name])
+    assert torch.autograd.gradcheck(lambda x: compiled_symm_batch_logits(x, "interleaved", args[0], args[1], *args[3:])[0],
+                                    (points,))
+
+
+def test_compiled_node_names_an_unknown_layout():
+    with pytest.raises(ValueError, match="layout must be 'interleaved' or 'blocked'"):
+        compiled_symm_batch_logits(torch.randn(8, 3), "shuffled", [(0, 1)], True, True, 2.0, 1.0, "paper")
 
 
 @pytest.mark.parametrize("name", sorted(SELECTIONS))

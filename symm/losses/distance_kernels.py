@@ -270,7 +270,8 @@ class CompiledSymmDistances(torch.autograd.Function):
         own = beta * (1 - alpha) if form == "paper" else -beta
         low = points.numpy().dtype.type(0.0 if squared else SQRT_CLAMP)  # the clamp in the points' precision
         arrays = (gram.numpy(), coef.numpy(), diag.numpy(), sq.numpy())
-        kernels._coefficients(points.numpy(), alpha * beta, own, eps, _NO_ROW_MIX, arrays[2], arrays[1])
+        point_rows = points.numpy()
+        kernels._coefficients(point_rows[:n], point_rows[n:], alpha * beta, own, eps, _NO_ROW_MIX, arrays[2], arrays[1])
         count = _forward_all(arrays[0], arrays[1], arrays[2], own, low, squared, pair16, arrays[3], values.numpy(),
                              which.numpy(), positive.numpy())
         share = torch.tensor(count / (values.shape[0] * (n - 1)), dtype=torch.float64)
@@ -287,7 +288,7 @@ class CompiledSymmDistances(torch.autograd.Function):
             return (None,) * 8
         points, gram_tensor, (gram, coef, diag, sq), which, pair16, squared, low, own, alpha_beta, eps = ctx.kept
         n = diag.shape[1]
-        d_rows = kernels._scratch_like(gram_tensor)  # every entry written below
+        d_rows = kernels._scratch_like(*gram_tensor.shape, gram_tensor.dtype)  # every entry written below
         if d_values is None:  # only the positives were used
             d_values = torch.zeros(which.shape, dtype=gram_tensor.dtype)
         if d_positive is None:

@@ -51,17 +51,18 @@ if numba is not None:
     # reassociation only (no NaN/inf assumptions): the row sums vectorise; a·a and a·p of equal
     # points still run the same code in the same order, so they stay bitwise equal
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
-    def _coefficients(points, alpha_beta, own, eps, mix, diag, coef):  # pragma: no cover - compiled
+    def _coefficients(anchors, positives, alpha_beta, own, eps, mix, diag, coef):  # pragma: no cover - compiled
         """diag = [||a_j||², a_j·p_j, ||p_j||²] (row sums in one order: equal points give equal values,
-        so exact ties stay exact) and coef[s, k, j] of [A, P, S1, S2] and the summed row sets of ``mix``."""
-        n = points.shape[0] // 2
+        so exact ties stay exact) and coef[s, k, j] of [A, P, S1, S2] and the summed row sets of ``mix``.
+        ``anchors``, ``positives``: (N, d) views (the rows of a batch in either pair layout)."""
+        n = anchors.shape[0]
         for j in range(n):
-            sa = points[j, 0] * 0  # accumulate in the points' precision (vectorised)
+            sa = anchors[j, 0] * 0  # accumulate in the points' precision (vectorised)
             ap = sa
             sp = sa
-            for d in range(points.shape[1]):
-                a = points[j, d]
-                p = points[n + j, d]
+            for d in range(anchors.shape[1]):
+                a = anchors[j, d]
+                p = positives[j, d]
                 sa += a * a
                 ap += a * p
                 sp += p * p
@@ -156,13 +157,17 @@ if numba is not None:
             matrix[a, a] += matrix[a, a]
 
     @_jit
-    def _backward(grad, gram, coef, diag, kr, fold, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode, diag_rows,
-                  diag_cols, off_scale, diag_scale, which, d_rows, d_norms):  # pragma: no cover - compiled
-        """d_rows: the gradient of the Gram rows. ``fold`` (rows are real points, A or [A; P]): made
-        matmul-ready, symmetrised where the Gram is symmetric in the points, with the gradients of
-        ||a||², a·p (and ||p||² when kr = 2) added on its diagonal entries; d_norms (3, N, 1) =
-        [2·d/d||a||², d/d(a·p), 2·d/d||p||²] holds what is not folded (all of it without ``fold``)."""
+    def _backward(grad, gram, coef, diag, kr, row_sum, interleaved, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode,
+                  diag_rows, diag_cols, off_scale, diag_scale, which, matrix):  # pragma: no cover - compiled
+        """The batch's gradient as matrices for one or two products (below), from the gradient of the
+        Gram rows (blocked: rows A, [A; P] or the sums a_i + p_i when ``row_sum``; columns [A; P])
+        and of ||a||², a·p, ||p||² through the reflection coefficients. Returns d_norms (3, N):
+        2·d/d||a||², d/d(a·p), 2·d/d||p||²."""
         n = gram.shape[1] // 2
+        step, half = (2, 1) if interleaved else (1, n)  # point (l, j) is batch row j·step + l·half
+        # the Gram rows' gradient goes straight into ``matrix``, columns in the batch's order: rows A
+        # into R = matrix[:N] (and the A·Pᵀ part again into Q = matrix[N:, :N]); otherwise into the
+        # batch row of the Gram row's point (for a_i + p_i: the anchor's, copied below)
         d_coef = np.zeros(coef.shape, dtype=coef.dtype)
         d_diag = np.zeros((3, n), dtype=coef.dtype)  # direct gradients of ||a_i||², a_i·p_i, ||p_i||²
         for i in range(n):
@@ -177,8 +182,14 @@ if numba is not None:
                 k00 = gram[i, j]
                 k01 = gram[i, n + j]
                 if kr == 1:  # row set: the anchors (identity coefficients, no gradient of their own)
-                    d_rows[i, j] = g * c0
-                    d_rows[i, n + j] = g * c1
+                    if row_sum:
+                        matrix[i * step, j * step] = g * c0
+                        matrix[i * step, j * step + half] = g * c1
+                    else:
+                        matrix[i, j * step] = g * c0
+                        matrix[i, j * step + half] = g * c1
+                        if interleaved:  # Q: R's A·Pᵀ columns are strided there
+                            matrix[n + i, j] = g * c1
                     d_coef[t, 0, j] += g * k00
                     d_coef[t, 1, j] += g * k01
                 else:
@@ -187,10 +198,14 @@ if numba is not None:
                     k11 = gram[n + i, n + j]
                     g0 = g * coef[s, 0, i]
                     g1 = g * coef[s, 1, i]
-                    d_rows[i, j] = g0 * c0
-                    d_rows[i, n + j] = g0 * c1
-                    d_rows[n + i, j] = g1 * c0
-                    d_rows[n + i, n + j] = g1 * c1
+                    ra = i * step
+                    rp = ra + half
+                    ca = j * step
+                    cp = ca + half
+                    matrix[ra, ca] = g0 * c0
+                    matrix[ra, cp] = g0 * c1
+                    matrix[rp, ca] = g1 * c0
+                    matrix[rp, cp] = g1 * c1
                     d_coef[s, 0, i] += g * (k00 * c0 + k01 * c1)
                     d_coef[s, 1, i] += g * (k10 * c0 + k11 * c1)
                     d_coef[t, 0, j] += g0 * k00 + g1 * k10
@@ -223,9 +238,8 @@ if numba is not None:
                     for k in range(2):
                         for j in range(n):
                             d_coef[s, k, j] += mix[r, s] * d_coef[4 + r, k, j]
-        if fold:
-            _symmetrise(d_rows, kr * n)  # the Gram rows are a function of the points on both sides
-        for j in range(n):  # through ||a||², a·p, ||p||² (Gram diagonal entries): the coefficients and d_diag
+        d_norms = np.empty((3, n), dtype=coef.dtype)  # [2·d/d||a||², d/d(a·p), 2·d/d||p||²]
+        for j in range(n):  # through ||a||², a·p, ||p||²: the coefficients and d_diag
             sa = diag[0, j]
             ap = diag[1, j]
             sp = diag[2, j]
@@ -236,49 +250,81 @@ if numba is not None:
             d_ap = alpha_beta * (d_along_a / axis_a + d_along_p / axis_p) + d_diag[1, j]
             d_sa = d_diag[0, j] - (d_along_a * (alpha_beta * ap / axis_a) / axis_a if sa > eps else 0.0)
             d_sp = d_diag[2, j] - (d_along_p * (alpha_beta * ap / axis_p) / axis_p if sp > eps else 0.0)
-            d_norms[0, j, 0] = 2.0 * d_sa
-            d_norms[1, j, 0] = d_ap
-            d_norms[2, j, 0] = 2.0 * d_sp
-            if fold:
-                d_rows[j, j] += 2.0 * d_sa  # ||a_j||² = G[j, j]
-                d_rows[j, n + j] += d_ap  # a_j · p_j = G[j, N + j] (and G[N + j, j] when kr = 2)
-                d_norms[0, j, 0] = 0.0
-                d_norms[1, j, 0] = 0.0
-                if kr == 2:
-                    d_rows[n + j, j] += d_ap
-                    d_rows[n + j, n + j] += 2.0 * d_sp
-                    d_norms[2, j, 0] = 0.0
+            d_norms[0, j] = 2.0 * d_sa
+            d_norms[1, j] = d_ap
+            d_norms[2, j] = 2.0 * d_sp
+        if kr == 1 and not row_sum:  # rows A: d(A) = R · batch, d(P) = Qᵀ · A + ||p||²'s part
+            _symmetrise(matrix[:, 0::2] if interleaved else matrix, n)  # R's A·Aᵀ part (the diagonal doubled)
+            for i in range(n):
+                matrix[i, i * step] += d_norms[0, i]
+                matrix[i, i * step + half] += d_norms[1, i]  # a·p's gradient, in R and in Q
+                if interleaved:
+                    matrix[n + i, i] += d_norms[1, i]
+            return d_norms
+        if row_sum:  # the row a_i + p_i: the positive's batch row gets the same gradient
+            for i in range(n):
+                for c in range(2 * n):
+                    matrix[i * step + half, c] = matrix[i * step, c]
+        _symmetrise(matrix, 2 * n)
+        for j in range(n):
+            a = j * step
+            p = a + half
+            matrix[a, a] += d_norms[0, j]
+            matrix[a, p] += d_norms[1, j]
+            matrix[p, a] += d_norms[1, j]
+            matrix[p, p] += d_norms[2, j]
+        return d_norms
 
     @_jit
-    def _forward_all(points, gram, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows,
-                     diag_cols, off_scale, diag_scale, synthetic_pair, diag, coef, values, which):  # pragma: no cover - compiled
-        """Coefficients, choice and values; returns how many off-diagonal choices involve a synthetic set."""
-        _coefficients(points, alpha_beta, own, eps, mix, diag, coef)
+    def _forward_all(points, gram_rows, interleaved, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix, diag_mode, keep_pair,
+                     diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair):  # pragma: no cover - compiled
+        """Coefficients, choice and values from the batch ``points`` (2N, d) and its Gram rows (columns,
+        and rows when kr = 2, in the batch's order). Returns (how many off-diagonal choices involve a
+        synthetic set, the Gram rows blocked by point set, coef, diag, values, which)."""
+        n = points.shape[0] // 2
+        if interleaved:
+            anchors = points[0::2]
+            positives = points[1::2]
+            gram = np.empty((kr * n, 2 * n), dtype=gram_rows.dtype)  # columns [A; P] (rows too when kr = 2)
+            for k in range(kr):
+                for i in range(n):
+                    source = gram_rows[2 * i + k] if kr == 2 else gram_rows[i]
+                    for l in range(2):
+                        for j in range(n):
+                            gram[k * n + i, l * n + j] = source[2 * j + l]
+        else:
+            anchors = points[:n]
+            positives = points[n:]
+            gram = gram_rows
+        coef = np.empty((4 + mix.shape[0], 2, n), dtype=points.dtype)
+        diag = np.empty((3, n), dtype=points.dtype)
+        values = np.empty((n, n), dtype=points.dtype)
+        which = np.empty((n, n), dtype=np.int8)  # at most 16 set pairs
+        _coefficients(anchors, positives, alpha_beta, own, eps, mix, diag, coef)
         _forward(gram, coef, diag, kr, pair_rows, pair_cols, diag_mode, keep_pair, diag_rows, diag_cols, off_scale,
                  diag_scale, values, which)
-        n = which.shape[0]
         count = 0
         for i in range(n):
             for j in range(n):
                 if j != i:
                     count += synthetic_pair[which[i, j]]
-        return count
+        return count, gram, coef, diag, values, which
 
 
 _scratch = threading.local()
 
 
-def _scratch_like(tensor: torch.Tensor) -> torch.Tensor:
-    """An uninitialised buffer shaped like ``tensor``, kept per thread across calls.
+def _scratch_like(rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised (rows, cols) buffer, kept per thread across calls.
 
     A fresh megabyte-sized tensor costs more in page faults than the loop that fills it (glibc
-    hands large blocks back to the system when they are freed); the backward's Gram gradient is
+    hands large blocks back to the system when they are freed); the backward's gradient matrix is
     written in full and consumed by the matmul in the same call, so one buffer can serve them all.
     """
     buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
-        buffer = _scratch.buffer = torch.empty(tensor.numel(), dtype=tensor.dtype)
-    return buffer[: tensor.numel()].view(tensor.shape)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < rows * cols:
+        buffer = _scratch.buffer = torch.empty(rows * cols, dtype=dtype)
+    return buffer[: rows * cols].view(rows, cols)
 
 
 @functools.lru_cache(maxsize=64)
@@ -323,66 +369,88 @@ class NodeOutputs:
 class CompiledSymmNPairLogits(torch.autograd.Function):
     """``SymmNPairLogits`` with the grid work in compiled loops; same values and gradients (rank 1).
 
-    Called through ``compiled_symm_npair_logits`` (which builds the plan and reads the outputs).
-    The synthetic share is counted in the loop (the flags grid and its reduction cost more than
-    the count on CPU). Extra options for the angular loss (its whole logit matrix in the same
+    Called through ``compiled_symm_batch_logits`` (which builds the plan and reads the outputs) on
+    the whole batch in its pair layout: no split, cat or stack between the batch and the node, and
+    one matmul each way (forward the Gram rows, backward d(batch) = M · batch with M built by the
+    loop). The synthetic share is counted in the loop (the flags grid and its reduction cost more
+    than the count on CPU). Extra options for the angular loss (its whole logit matrix in the same
     call): ``diag_pairs``, the diagonal as the largest X_s[i] · X_t[i] over these set pairs (the
     release's ``official``), and the scales of the off-diagonal and diagonal logits. With
     ``row_mix``, ``keep_positive`` puts a_i · p_i on the diagonal (the torch node leaves the
     diagonal to the caller there).
-
-    Per call: one cat and one matmul forward, one compiled loop each way, one or two matmuls backward;
-    the compiled loops work on NumPy views of the tensors (no copies), kept on ``ctx`` for backward.
     """
 
     @staticmethod
-    def forward(ctx: Any, anchors: torch.Tensor, positives: torch.Tensor, plan: tuple,  # type: ignore[override]
+    def forward(ctx: Any, points: torch.Tensor, interleaved: bool, plan: tuple,  # type: ignore[override]
                 outputs: NodeOutputs) -> torch.Tensor:
         row_kind, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, synthetic_pair, consts = plan
         alpha_beta, own, eps, off_scale, diag_scale = consts
-        n = anchors.shape[0]
-        points = torch.cat([anchors, positives])
-        rows = points[:n] if row_kind == 0 else points if row_kind == 2 else anchors + positives
+        points = points.detach()
+        n = points.shape[0] // 2
+        # an interleaved batch: its (kr·N, 2N) Gram rows (and their gradient) are reordered in the
+        # loops; where that is more than the (2N, d) batch, the batch is put in blocked order instead
+        reorder = interleaved and (2 if row_kind == 2 else 1) * n > points.shape[1]
+        if reorder:
+            points, interleaved = torch.cat([points[0::2], points[1::2]]), False
+        anchors, positives = (points[0::2], points[1::2]) if interleaved else (points[:n], points[n:])
+        rows = anchors if row_kind == 0 else points if row_kind == 2 else anchors + positives
         gram_rows = rows @ points.T  # (kr·N, 2N)
-        values = torch.empty(n, n, dtype=points.dtype)
-        arrays = (points.numpy(), gram_rows.numpy())
-        dtype = arrays[0].dtype
-        coef = np.empty((4 + mix.shape[0], 2, n), dtype=dtype)
-        diag = np.empty((3, n), dtype=dtype)
-        which = np.empty((n, n), dtype=np.int8)  # at most 16 set pairs
-        count = _forward_all(arrays[0], arrays[1], 2 if row_kind == 2 else 1, alpha_beta, own, eps, pair_rows, pair_cols,
-                             mix, diag_mode, keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair, diag,
-                             coef, values.numpy(), which)
+        count, gram, coef, diag, values, which = _forward_all(
+            points.numpy(), gram_rows.numpy(), interleaved, 2 if row_kind == 2 else 1, alpha_beta, own, eps, pair_rows,
+            pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair)
         outputs.which = which
         outputs.share = count / (n * (n - 1))
-        ctx.kept = (points, rows, gram_rows, arrays[1], coef, diag, which, plan)
-        return values
+        ctx.kept = (points, interleaved, reorder, gram, coef, diag, which, plan)
+        return torch.from_numpy(values)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        points, rows, gram_rows, gram, coef, diag, which, plan = ctx.kept
+        points, interleaved, reorder, gram, coef, diag, which, plan = ctx.kept
         row_kind, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _, consts = plan
         alpha_beta, _, eps, off_scale, diag_scale = consts
-        n = diag.shape[1]
-        d_rows = _scratch_like(gram_rows)
-        d_norms = np.empty((3, n, 1), dtype=coef.dtype)
-        _backward(grad.contiguous().numpy(), gram, coef, diag, 2 if row_kind == 2 else 1, row_kind != 1, alpha_beta, eps,
-                  pair_rows, pair_cols, mix, diag_mode, diag_rows, diag_cols, off_scale, diag_scale, which, d_rows.numpy(),
-                  d_norms)
-        if row_kind == 2:  # d_rows is the symmetrised (2N, 2N) gradient of points · pointsᵀ
-            d_points = d_rows @ points
-            return d_points[:n], d_points[n:], None, None
-        anchors, positives = points[:n], points[n:]
-        norms = torch.from_numpy(d_norms)
-        if row_kind == 0:  # gram_rows = A · [A; P]ᵀ: the A·Aᵀ block symmetrised, A·Pᵀ as is
-            return d_rows @ points, (d_rows[:, n:].T @ anchors).addcmul_(positives, norms[2]), None, None
-        # gram_rows = (A + P) · [A; P]ᵀ; the norms' and a·p's gradients are not on it
-        d_sums = d_rows @ points
-        d_points = d_rows.T @ rows
-        d_anchors = d_points[:n].add_(d_sums).addcmul_(anchors, norms[0]).addcmul_(positives, norms[1])
-        d_positives = d_points[n:].add_(d_sums).addcmul_(positives, norms[2]).addcmul_(anchors, norms[1])
-        return d_anchors, d_positives, None, None
+        size = points.shape[0]
+        matrix = _scratch_like(size, size, points.dtype)  # written in full, consumed by the matmul below
+        d_norms = _backward(grad.contiguous().numpy(), gram, coef, diag, 2 if row_kind == 2 else 1, row_kind == 1,
+                            interleaved, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode, diag_rows, diag_cols,
+                            off_scale, diag_scale, which, matrix.numpy())
+        if row_kind != 0:
+            d_points = matrix @ points
+            return _interleave(d_points) if reorder else d_points, None, None, None
+        # rows A: two products (3 N²d multiply-adds instead of the full matrix's 4), written into the
+        # batch's rows; Q is R's A·Pᵀ columns (a copy where they are strided); ||p||²'s part is not in it
+        n = size // 2
+        d_points = torch.empty_like(points)
+        d_anchors, d_positives = (d_points[0::2], d_points[1::2]) if interleaved else (d_points[:n], d_points[n:])
+        torch.mm(matrix[:n], points, out=d_anchors)
+        torch.mm((matrix[n:, :n] if interleaved else matrix[:n, n:]).T, points[0::2] if interleaved else points[:n],
+                 out=d_positives)
+        d_positives.addcmul_(points[1::2] if interleaved else points[n:], torch.from_numpy(d_norms[2])[:, None])
+        return _interleave(d_points) if reorder else d_points, None, None, None
+
+
+def _interleave(blocked: torch.Tensor) -> torch.Tensor:
+    """[A; P] rows as [a1, p1, a2, p2, ...]."""
+    n = blocked.shape[0] // 2
+    return blocked.view(2, n, -1).transpose(0, 1).reshape(2 * n, -1)
+
+
+def compiled_symm_batch_logits(points: torch.Tensor, layout: str, pairs: list[tuple[int, int]], anchors_only: bool,
+                               keep_positive: bool, alpha: float, beta: float, form: str, eps: float = 1e-12,
+                               row_mix: tuple[tuple[int, ...], ...] | None = None,
+                               diag_pairs: tuple[tuple[int, int], ...] | None = None, off_scale: float = 1.0,
+                               diag_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(logits, chosen set pair per entry (int8), synthetic share of the off-diagonal choices) from the
+    compiled node, on the whole batch ``points`` (2N, d) in a ``pair_layout`` ("interleaved" or
+    "blocked"): ``SymmNPairLogits``'s call (hardest candidate only) plus the angular options above."""
+    if layout not in ("interleaved", "blocked"):
+        raise ValueError(f"layout must be 'interleaved' or 'blocked', got {layout!r}")
+    own = beta * (1 - alpha) if form == "paper" else -beta
+    plan = _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs,
+                 (alpha * beta, own, eps, off_scale, diag_scale))
+    outputs = NodeOutputs()
+    values = CompiledSymmNPairLogits.apply(points, layout == "interleaved", plan, outputs)
+    return values, torch.from_numpy(outputs.which), outputs.share
 
 
 def compiled_symm_npair_logits(anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]],
@@ -390,11 +458,6 @@ def compiled_symm_npair_logits(anchors: torch.Tensor, positives: torch.Tensor, p
                                eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None,
                                diag_pairs: tuple[tuple[int, int], ...] | None = None, off_scale: float = 1.0,
                                diag_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(logits, chosen set pair per entry (int8), synthetic share of the off-diagonal choices) from the
-    compiled node: ``SymmNPairLogits``'s call (hardest candidate only) plus the angular options above."""
-    own = beta * (1 - alpha) if form == "paper" else -beta
-    plan = _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs,
-                 (alpha * beta, own, eps, off_scale, diag_scale))
-    outputs = NodeOutputs()
-    values = CompiledSymmNPairLogits.apply(anchors, positives, plan, outputs)
-    return values, torch.from_numpy(outputs.which), outputs.share
+    """``compiled_symm_batch_logits`` on separate anchors and positives (joined in the blocked layout)."""
+    return compiled_symm_batch_logits(torch.cat([anchors, positives]), "blocked", pairs, anchors_only, keep_positive,
+                                      alpha, beta, form, eps, row_mix, diag_pairs, off_scale, diag_scale)

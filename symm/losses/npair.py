@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
 from symm.losses import kernels
 from symm.losses.fused import symm_npair_logits
-from symm.losses.pairs import PointSets, split_pairs, symmetric_sets
+from symm.losses.pairs import PointSets, pair_views, split_pairs, symmetric_sets
 
 # The release's six unordered set pairs over [A, P, S1, S2], in its list order.
 OFFICIAL_SET_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
@@ -58,38 +58,44 @@ class _LogitLoss(PairLoss):
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
-                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
+                          batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         """The same logits from one autograd node (``symm.losses.fused``), or None where not offered.
 
         The second item: the (N, N) synthetic flags, or with ``flags=False`` the off-diagonal share
         as a float where the node counted it (the training path: no flags grid to build and reduce).
+        ``batch``: (the batch, its pair layout); ``anchors`` and ``positives`` may then be None
+        (views of it are made only where a node needs them).
         """
         return None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        anchors, positives, _ = split_pairs(embeddings, labels)
-        if self.normalize:
-            anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
-        n = anchors.shape[0]
-        if self.negatives == "symm":
-            fused = self.fused_symm_logits(anchors, positives, flags=False)
+        if self.negatives != "symm":
+            anchors, positives, _ = split_pairs(embeddings, labels)
+            if self.normalize:
+                anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
+            logits = self.plain_logits(anchors, positives)
+            if self.normalize:
+                squares = anchors.pow(2).sum() + positives.pow(2).sum()
+        else:  # the whole batch in its layout: the compiled node takes it as it is
+            points, layout = self.real_points(embeddings, labels)
+            fused = self.fused_symm_logits(None, None, flags=False, batch=(points, layout))
             if fused is not None:
                 logits, synthetic = fused
             else:
+                anchors, positives = pair_views(points, layout)
                 logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection, with_norms=False))
             if isinstance(synthetic, float):
                 self.record_synthetic_share(synthetic)
             else:
                 self.record_synthetic(synthetic, off_diagonal=True)
-        else:
-            logits = self.plain_logits(anchors, positives)
-        targets = torch.arange(n, device=logits.device)
-        if self.normalize:
-            squares = anchors.pow(2).sum() + positives.pow(2).sum()
-        else:  # every embedding is an anchor or a positive exactly once
+            if self.normalize:
+                squares = points.pow(2).sum()
+        if not self.normalize:  # every embedding is an anchor or a positive exactly once
             flat = embeddings.reshape(-1)
             squares = torch.dot(flat, flat)
+        n = logits.shape[0]
+        targets = torch.arange(n, device=logits.device)
         return F.cross_entropy(logits, targets) + (self.reg_lambda / (4 * n)) * squares
 
 
@@ -119,14 +125,15 @@ class NPairLoss(_LogitLoss):
             return [(0, t) for t in range(4)]
         return [(s, t) for s in range(4) for t in range(4)]  # pair16: all 16 cross combinations
 
-    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
-                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
+                          batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         reflection = self.reflection
         if reflection["rescale_to_axis_norm"]:
             return None
         pairs = self.symm_pairs()
         logits, which, share = symm_npair_logits(anchors, positives, pairs, self.symm_mode == "point4", self.hardness_rank,
-                                                 self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"])
+                                                 self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"],
+                                                 batch=batch)
         return logits, share if share is not None and not flags else _is_synthetic(pairs, which)
 
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,18 +182,21 @@ class AngularLoss(_LogitLoss):
             return set_pairs, sums, [(sums.index(tuple(sorted((s, t)))), t) for s, t in set_pairs]
         return [(0, t) for t in range(4)], [(0, 1)], [(0, t) for t in range(4)]  # point4: (a_i + p_i) against S_j
 
-    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
-                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
+                          batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         reflection = self.reflection
         if reflection["rescale_to_axis_norm"]:
             return None
         set_pairs, sums, pairs = self._row_sums()
-        if kernels.usable(anchors, self.hardness_rank):  # the whole logit matrix in one compiled call
-            logits, which, share = kernels.compiled_symm_npair_logits(
-                anchors, positives, pairs, False, self.keep_positive, reflection["alpha"], reflection["beta"],
+        if kernels.usable(anchors if batch is None else batch[0], self.hardness_rank):  # the whole logit matrix in one call
+            points, layout = batch if batch is not None else (torch.cat([anchors, positives]), "blocked")
+            logits, which, share = kernels.compiled_symm_batch_logits(
+                points, layout, pairs, False, self.keep_positive, reflection["alpha"], reflection["beta"],
                 reflection["form"], 1e-12, tuple(sums), None if self.keep_positive else tuple(set_pairs),
                 4 * self.tan_sq, 2 * (1 + self.tan_sq))
             return logits, share if not flags else _is_synthetic(set_pairs, which)
+        if anchors is None:
+            anchors, positives = pair_views(*batch)
         off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
                                               reflection["alpha"], reflection["beta"], reflection["form"], 1e-12, tuple(sums))
         off = (4 * self.tan_sq) * off
