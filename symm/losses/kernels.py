@@ -435,6 +435,24 @@ def _interleave(blocked: torch.Tensor) -> torch.Tensor:
     return blocked.view(2, n, -1).transpose(0, 1).reshape(2 * n, -1)
 
 
+def selection_plan(pairs: list[tuple[int, int]], anchors_only: bool, keep_positive: bool, alpha: float, beta: float,
+                   form: str, eps: float = 1e-12, row_mix: tuple[tuple[int, ...], ...] | None = None,
+                   diag_pairs: tuple[tuple[int, int], ...] | None = None, off_scale: float = 1.0,
+                   diag_scale: float = 1.0) -> tuple:
+    """The compiled node's plan for a selection (``compiled_symm_batch_logits``'s options): a loss
+    whose options are fixed builds it once and calls ``plan_logits``."""
+    own = beta * (1 - alpha) if form == "paper" else -beta
+    return _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs, (alpha * beta, own, eps, off_scale, diag_scale))
+
+
+def plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.Tensor, NodeOutputs]:
+    """(logits, the node's other outputs: ``which`` (int8 NumPy grid) and ``share``) for a ``selection_plan``."""
+    if layout not in ("interleaved", "blocked"):
+        raise ValueError(f"layout must be 'interleaved' or 'blocked', got {layout!r}")
+    outputs = NodeOutputs()
+    return CompiledSymmNPairLogits.apply(points, layout == "interleaved", plan, outputs), outputs
+
+
 def compiled_symm_batch_logits(points: torch.Tensor, layout: str, pairs: list[tuple[int, int]], anchors_only: bool,
                                keep_positive: bool, alpha: float, beta: float, form: str, eps: float = 1e-12,
                                row_mix: tuple[tuple[int, ...], ...] | None = None,
@@ -443,13 +461,9 @@ def compiled_symm_batch_logits(points: torch.Tensor, layout: str, pairs: list[tu
     """(logits, chosen set pair per entry (int8), synthetic share of the off-diagonal choices) from the
     compiled node, on the whole batch ``points`` (2N, d) in a ``pair_layout`` ("interleaved" or
     "blocked"): ``SymmNPairLogits``'s call (hardest candidate only) plus the angular options above."""
-    if layout not in ("interleaved", "blocked"):
-        raise ValueError(f"layout must be 'interleaved' or 'blocked', got {layout!r}")
-    own = beta * (1 - alpha) if form == "paper" else -beta
-    plan = _plan(tuple(pairs), anchors_only, keep_positive, row_mix, diag_pairs,
-                 (alpha * beta, own, eps, off_scale, diag_scale))
-    outputs = NodeOutputs()
-    values = CompiledSymmNPairLogits.apply(points, layout == "interleaved", plan, outputs)
+    plan = selection_plan(pairs, anchors_only, keep_positive, alpha, beta, form, eps, row_mix, diag_pairs, off_scale,
+                          diag_scale)
+    values, outputs = plan_logits(points, layout, plan)
     return values, torch.from_numpy(outputs.which), outputs.share
 
 

@@ -69,6 +69,23 @@ class _LogitLoss(PairLoss):
         """
         return None
 
+    def compiled_plan(self) -> tuple | None:
+        """The compiled node's ``selection_plan`` for this loss's fixed options (None: not offered)."""
+        return None
+
+    def _symm_batch_logits(self, points: torch.Tensor, layout: str) -> torch.Tensor | None:
+        """The training path: the compiled node with the plan built once, its share recorded."""
+        if not kernels.usable(points, self.hardness_rank):
+            return None
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            plan = self.__dict__["_plan"] = (self.compiled_plan(),)
+        if plan[0] is None:
+            return None
+        logits, outputs = kernels.plan_logits(points, layout, plan[0])
+        self.record_synthetic_share(outputs.share)
+        return logits
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.negatives != "symm":
             anchors, positives, _ = split_pairs(embeddings, labels)
@@ -79,16 +96,19 @@ class _LogitLoss(PairLoss):
                 squares = anchors.pow(2).sum() + positives.pow(2).sum()
         else:  # the whole batch in its layout: the compiled node takes it as it is
             points, layout = self.real_points(embeddings, labels)
-            fused = self.fused_symm_logits(None, None, flags=False, batch=(points, layout))
-            if fused is not None:
-                logits, synthetic = fused
-            else:
-                anchors, positives = pair_views(points, layout)
-                logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection, with_norms=False))
-            if isinstance(synthetic, float):
-                self.record_synthetic_share(synthetic)
-            else:
-                self.record_synthetic(synthetic, off_diagonal=True)
+            logits = self._symm_batch_logits(points, layout)
+            if logits is None:
+                fused = self.fused_symm_logits(None, None, flags=False, batch=(points, layout))
+                if fused is not None:
+                    logits, synthetic = fused
+                else:
+                    anchors, positives = pair_views(points, layout)
+                    logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection,
+                                                                        with_norms=False))
+                if isinstance(synthetic, float):
+                    self.record_synthetic_share(synthetic)
+                else:
+                    self.record_synthetic(synthetic, off_diagonal=True)
             if self.normalize:
                 squares = points.pow(2).sum()
         if not self.normalize:  # every embedding is an anchor or a positive exactly once
@@ -124,6 +144,13 @@ class NPairLoss(_LogitLoss):
         if self.symm_mode == "point4":  # anchor a_i against the 4 points of S_j
             return [(0, t) for t in range(4)]
         return [(s, t) for s in range(4) for t in range(4)]  # pair16: all 16 cross combinations
+
+    def compiled_plan(self) -> tuple | None:
+        reflection = self.reflection
+        if reflection["rescale_to_axis_norm"]:
+            return None
+        return kernels.selection_plan(self.symm_pairs(), self.symm_mode == "point4", self.keep_positive,
+                                      reflection["alpha"], reflection["beta"], reflection["form"])
 
     def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
                           batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
@@ -182,6 +209,15 @@ class AngularLoss(_LogitLoss):
             return set_pairs, sums, [(sums.index(tuple(sorted((s, t)))), t) for s, t in set_pairs]
         return [(0, t) for t in range(4)], [(0, 1)], [(0, t) for t in range(4)]  # point4: (a_i + p_i) against S_j
 
+    def compiled_plan(self) -> tuple | None:
+        reflection = self.reflection
+        if reflection["rescale_to_axis_norm"]:
+            return None
+        set_pairs, sums, pairs = self._row_sums()
+        return kernels.selection_plan(pairs, False, self.keep_positive, reflection["alpha"], reflection["beta"],
+                                      reflection["form"], 1e-12, tuple(sums), None if self.keep_positive else tuple(set_pairs),
+                                      4 * self.tan_sq, 2 * (1 + self.tan_sq))
+
     def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
                           batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         reflection = self.reflection
@@ -190,11 +226,8 @@ class AngularLoss(_LogitLoss):
         set_pairs, sums, pairs = self._row_sums()
         if kernels.usable(anchors if batch is None else batch[0], self.hardness_rank):  # the whole logit matrix in one call
             points, layout = batch if batch is not None else (torch.cat([anchors, positives]), "blocked")
-            logits, which, share = kernels.compiled_symm_batch_logits(
-                points, layout, pairs, False, self.keep_positive, reflection["alpha"], reflection["beta"],
-                reflection["form"], 1e-12, tuple(sums), None if self.keep_positive else tuple(set_pairs),
-                4 * self.tan_sq, 2 * (1 + self.tan_sq))
-            return logits, share if not flags else _is_synthetic(set_pairs, which)
+            logits, outputs = kernels.plan_logits(points, layout, self.compiled_plan())
+            return logits, outputs.share if not flags else _is_synthetic(set_pairs, torch.from_numpy(outputs.which))
         if anchors is None:
             anchors, positives = pair_views(*batch)
         off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
