@@ -92,11 +92,13 @@ def _batch(anchors: torch.Tensor, positives: torch.Tensor, layout: str) -> torch
 @pytest.mark.parametrize("name", sorted(SELECTIONS))
 @pytest.mark.parametrize("layout", ["interleaved", "blocked"])
 @pytest.mark.parametrize("reflection", REFLECTIONS[::2], ids=["paper", "official-form"])
-def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, layout, reflection):
-    # the node takes the whole batch in its layout; reference: the torch node on the (anchor,
-    # positive) rows split out of it, its gradients put back in the batch's row order
+@pytest.mark.parametrize("dim", [7, 24], ids=["d<N: batch reordered", "d>=2N: Gram reordered"])
+def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, layout, reflection, dim):
+    # the node takes the whole batch in its layout (an interleaved one is reordered in the loops,
+    # or, where d < kr·N, as a blocked copy); reference: the torch node on the (anchor, positive)
+    # rows split out of it, its gradients put back in the batch's row order
     g = torch.Generator().manual_seed(11)
-    n, dim = 10, 7
+    n = 10
     anchors = torch.randn(n, dim, generator=g, dtype=torch.float64)
     positives = torch.randn(n, dim, generator=g, dtype=torch.float64)
     weights = torch.randn(n, n, generator=g, dtype=torch.float64)
@@ -115,8 +117,9 @@ def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, lay
 
 
 @pytest.mark.parametrize("name", sorted(SELECTIONS))
-def test_compiled_node_on_an_interleaved_batch_passes_gradcheck(name):
-    points = torch.randn(10, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("dim", [4, 12])
+def test_compiled_node_on_an_interleaved_batch_passes_gradcheck(name, dim):
+    points = torch.randn(10, dim, generator=torch.Generator().manual_seed(6), dtype=torch.float64, requires_grad=True)
     args = _node_args(SELECTIONS[name])
     assert torch.autograd.gradcheck(lambda x: compiled_symm_batch_logits(x, "interleaved", args[0], args[1], *args[3:])[0],
                                     (points,))
