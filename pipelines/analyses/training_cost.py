@@ -128,16 +128,24 @@ def run(ctx: Context, cfg: Config) -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     data_shape = tuple(ctx.data["train"][0].shape[1:])
     rows = []
-    for device in devices:
-        for setting in cfg.settings:
-            print(f"analyses {ctx.name}: {setting.name} on {device.type} ...", flush=True)
-            rows += measure(setting, cfg.variants, data_shape, device)
-            ctx.log_child(f"{setting.name}-{device.type}", {"setting": setting.name, "device": device.type},
-                          {f"{r['variant'].replace(' ', '_')}/{k}": r[k] for r in rows[-len(cfg.variants):]
-                           for k in ("step_ms", "loss_ms", "step_ratio", "loss_ratio")})
+    # random inputs: N-pair logits on random 512-d embeddings give denormal softmax probabilities,
+    # which on Intel CPUs make the plain loss ~9x slower (docs/benchmarks.md); flushed as in
+    # bench.loss_overhead, for this analysis only (torch's default is restored after it)
+    flushed = torch.set_flush_denormal(True)
+    try:
+        for device in devices:
+            for setting in cfg.settings:
+                print(f"analyses {ctx.name}: {setting.name} on {device.type} ...", flush=True)
+                rows += measure(setting, cfg.variants, data_shape, device)
+                ctx.log_child(f"{setting.name}-{device.type}", {"setting": setting.name, "device": device.type},
+                              {f"{r['variant'].replace(' ', '_')}/{k}": r[k] for r in rows[-len(cfg.variants):]
+                               for k in ("step_ms", "loss_ms", "step_ratio", "loss_ratio")})
+    finally:
+        torch.set_flush_denormal(False)
     write_table(ctx.out_dir, "table", rows, COLUMNS)
     (ctx.out_dir / "machine.txt").write_text(
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"denormals {'flushed to zero on CPU' if flushed else 'kept (flushing unsupported)'}; "
         f"load average at the end {' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}\n")
     plt = pyplot()
     groups = [(s.name, d.type) for d in devices for s in cfg.settings]
