@@ -220,6 +220,28 @@ def test_dispatch_uses_the_compiled_node_only_where_it_applies(monkeypatch):
     assert calls == ["CompiledSymmNPairLogits", "SymmNPairLogits", "SymmNPairLogits", "SymmNPairLogits"]
 
 
+@pytest.mark.parametrize("loss_name, mode", [("npair", "official"), ("npair", "point4"), ("angular", "point4")])
+@pytest.mark.parametrize("layout", ["interleaved", "blocked", "shuffled"])
+def test_losses_hand_the_batch_to_the_compiled_node_as_it_is(monkeypatch, loss_name, mode, layout):
+    # the training path: the sampler layouts reach the node as the batch tensor itself (no split,
+    # cat or copy in between), another order as one blocked copy; the share is recorded
+    seen = []
+    original = CompiledSymmNPairLogits.apply
+    monkeypatch.setattr(CompiledSymmNPairLogits, "apply",
+                        lambda points, interleaved, *rest: seen.append((points, interleaved)) or original(points, interleaved, *rest))
+    n = 6
+    labels = torch.arange(n).repeat_interleave(2) if layout == "interleaved" else torch.arange(n).repeat(2)
+    if layout == "shuffled":
+        labels = labels[torch.randperm(2 * n, generator=torch.Generator().manual_seed(0))]
+    embeddings = torch.randn(2 * n, 64, requires_grad=True)
+    loss = create_loss(loss_name, negatives="symm", symm_mode=mode)
+    loss(embeddings, labels).backward()
+    (points, interleaved), = seen
+    assert (points is embeddings) == (layout != "shuffled")
+    assert interleaved == (layout == "interleaved")
+    assert 0 <= loss.last_stats["synthetic_share"] <= 1 and torch.isfinite(embeddings.grad).all()
+
+
 @pytest.mark.parametrize("loss_name, mode", [("npair", "official"), ("npair", "point4"), ("npair", "pair16"),
                                              ("angular", "official"), ("angular", "point4")])
 def test_losses_are_the_same_with_the_compiled_node_switched_off(monkeypatch, loss_name, mode):
