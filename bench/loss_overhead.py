@@ -204,7 +204,7 @@ def main() -> None:
                         help="flush denormal floats to zero (default; see the module docstring) or keep them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    flushing = torch.set_flush_denormal(args.denormals == "flush") and args.denormals == "flush"
+    flushing = args.denormals == "flush" and torch.set_flush_denormal(True)  # False where the CPU cannot
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (f"`python -m bench.loss_overhead --repeats {args.repeats} --threads {args.threads} --denormals {args.denormals}` on {args.device} "
               f"({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, denormals "

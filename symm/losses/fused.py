@@ -18,8 +18,8 @@ from torch.autograd.function import once_differentiable
 
 from symm.losses.base import kth_hardest
 from symm.losses.grid import gather_rows
-from symm.losses.kernels import compiled_symm_batch_logits, compiled_symm_npair_logits, usable
-from symm.losses.pairs import candidates_from_gram, pair_views
+from symm.losses.kernels import compiled_symm_npair_logits, usable
+from symm.losses.pairs import candidates_from_gram
 
 
 class SymmNPairLogits(torch.autograd.Function):
@@ -109,25 +109,17 @@ class SymmNPairLogits(torch.autograd.Function):
         return d_anchors, d_positives, None, None, None, None, None, None, None, None, None
 
 
-def symm_npair_logits(anchors: torch.Tensor | None, positives: torch.Tensor | None, pairs: list[tuple[int, int]], anchors_only: bool,
+def symm_npair_logits(anchors: torch.Tensor, positives: torch.Tensor, pairs: list[tuple[int, int]], anchors_only: bool,
                       rank: int, keep_positive: bool, alpha: float, beta: float, form: str, eps: float = 1e-12,
-                      row_mix: tuple[tuple[int, ...], ...] | None = None,
-                      batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+                      row_mix: tuple[tuple[int, ...], ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """(N, N) chosen logits, the chosen set pair, and the share of off-diagonal choices involving a
     synthetic set where the node counted it (None: count it from ``which``).
 
     The compiled node (``symm.losses.kernels``) where it applies, else ``SymmNPairLogits``.
-    ``batch``: (the whole batch, its pair layout); the compiled node then takes it as it is (no cat
-    between the batch and the node), and ``anchors`` and ``positives`` may be None.
     """
-    if usable(anchors if batch is None else batch[0], rank):
-        if batch is not None:
-            return compiled_symm_batch_logits(batch[0], batch[1], pairs, anchors_only, keep_positive, alpha, beta, form,
-                                              eps, row_mix)
+    if usable(anchors, rank):
         return compiled_symm_npair_logits(anchors, positives, pairs, anchors_only, keep_positive, alpha, beta, form, eps,
                                           row_mix)
-    if anchors is None:
-        anchors, positives = pair_views(*batch)
     values, which = SymmNPairLogits.apply(anchors, positives, pairs, anchors_only, rank, keep_positive, alpha, beta, form,
                                           eps, row_mix)
     return values, which, None

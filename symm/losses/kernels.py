@@ -372,9 +372,9 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
     """``SymmNPairLogits`` with the grid work in compiled loops; same values and gradients (rank 1).
 
     Called through ``compiled_symm_batch_logits`` (which builds the plan and reads the outputs) on
-    the whole batch in its pair layout: no split, cat or stack between the batch and the node, and
-    one matmul each way (forward the Gram rows, backward d(batch) = M · batch with M built by the
-    loop). The synthetic share is counted in the loop (the flags grid and its reduction cost more
+    the whole batch in its pair layout: no split, cat or stack between the batch and the node; one
+    matmul forward (the Gram rows) and, backward, d(batch) = M · batch with M built by the loop (two
+    products where the rows are A, or a_i + p_i in a large batch). The synthetic share is counted in the loop (the flags grid and its reduction cost more
     than the count on CPU). Extra options for the angular loss (its whole logit matrix in the same
     call): ``diag_pairs``, the diagonal as the largest X_s[i] · X_t[i] over these set pairs (the
     release's ``official``), and the scales of the off-diagonal and diagonal logits. With
@@ -389,9 +389,11 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         alpha_beta, own, eps, off_scale, diag_scale = consts
         points = points.detach()
         n = points.shape[0] // 2
-        # an interleaved batch: its (kr·N, 2N) Gram rows (and their gradient) are reordered in the
-        # loops; where that is more than the (2N, d) batch, the batch is put in blocked order instead
-        reorder = interleaved and (2 if row_kind == 2 else 1) * n > points.shape[1]
+        # a large batch: the (kr·N, 2N) Gram rows are more than the (2N, d) batch. An interleaved one
+        # is then put in blocked order (not its Gram rows and their gradient, in the loops), and rows
+        # a_i + p_i take two backward products instead of a (2N, 2N) gradient matrix
+        large = (2 if row_kind == 2 else 1) * n > points.shape[1]
+        reorder = interleaved and large
         if reorder:
             points, interleaved = torch.cat([points[0::2], points[1::2]]), False
         anchors, positives = (points[0::2], points[1::2]) if interleaved else (points[:n], points[n:])
@@ -402,24 +404,24 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
             pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair)
         outputs.which = which
         outputs.share = count / (n * (n - 1))
-        ctx.kept = (points, interleaved, reorder, gram, coef, diag, which, plan)
+        ctx.kept = (points, interleaved, reorder, large, gram, coef, diag, which, plan)
         return torch.from_numpy(values)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        points, interleaved, reorder, gram, coef, diag, which, plan = ctx.kept
+        points, interleaved, reorder, large, gram, coef, diag, which, plan = ctx.kept
         row_kind, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _, consts = plan
         alpha_beta, _, eps, off_scale, diag_scale = consts
         size = points.shape[0]
         matrix = _scratch_like(size, size, points.dtype)  # written in full, consumed by the matmul below
         # rows a_i + p_i in a large batch: two products on the Gram rows' gradient D instead of
         # building and symmetrising the (2N, 2N) matrix (same multiply-adds, a quarter of the passes)
-        one_sided = row_kind == 1 and reorder
+        one_sided = row_kind == 1 and large
         d_norms = _backward(grad.contiguous().numpy(), gram, coef, diag, 2 if row_kind == 2 else 1, row_kind == 1, one_sided,
                             interleaved, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode, diag_rows, diag_cols,
                             off_scale, diag_scale, which, matrix.numpy())
-        if one_sided:  # blocked: d(A) = D·[A; P] + Dᵀ's A rows·(A + P) + norms, d(P) likewise
+        if one_sided:  # blocked (large): d(A) = D·[A; P] + Dᵀ's A rows·(A + P) + norms, d(P) likewise
             n = size // 2
             anchors, positives = points[:n], points[n:]
             d_gram = matrix[:n]
@@ -428,7 +430,7 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
             norms = torch.from_numpy(d_norms)[:, :, None]
             d_points[:n].add_(d_sums).addcmul_(anchors, norms[0]).addcmul_(positives, norms[1])
             d_points[n:].add_(d_sums).addcmul_(positives, norms[2]).addcmul_(anchors, norms[1])
-            return _interleave(d_points), None, None, None
+            return _interleave(d_points) if reorder else d_points, None, None, None
         if row_kind != 0:
             d_points = matrix @ points
             return _interleave(d_points) if reorder else d_points, None, None, None

@@ -8,6 +8,7 @@ same max.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,31 +59,28 @@ class _LogitLoss(PairLoss):
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
-                          batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
+                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         """The same logits from one autograd node (``symm.losses.fused``), or None where not offered.
 
         The second item: the (N, N) synthetic flags, or with ``flags=False`` the off-diagonal share
         as a float where the node counted it (the training path: no flags grid to build and reduce).
-        ``batch``: (the batch, its pair layout); ``anchors`` and ``positives`` may then be None
-        (views of it are made only where a node needs them).
         """
         return None
 
     def compiled_plan(self) -> tuple | None:
-        """The compiled node's ``selection_plan`` for this loss's fixed options (None: not offered)."""
+        """The compiled node's ``selection_plan`` for this loss's options (None: not offered)."""
         return None
 
+    @functools.cached_property
+    def _compiled_plan(self) -> tuple | None:
+        return self.compiled_plan()  # the options are fixed at construction: built once per loss
+
     def _symm_batch_logits(self, points: torch.Tensor, layout: str) -> torch.Tensor | None:
-        """The training path: the compiled node with the plan built once, its share recorded."""
-        if not kernels.usable(points, self.hardness_rank):
+        """The training path: the compiled node on the batch as it is, its share recorded (None: not offered)."""
+        if self._compiled_plan is None or not kernels.usable(points, self.hardness_rank):
             return None
-        plan = self.__dict__.get("_plan")
-        if plan is None:
-            plan = self.__dict__["_plan"] = (self.compiled_plan(),)
-        if plan[0] is None:
-            return None
-        logits, outputs = kernels.plan_logits(points, layout, plan[0])
+        logits, outputs = kernels.plan_logits(points, layout, self._compiled_plan)
         self.record_synthetic_share(outputs.share)
         return logits
 
@@ -97,12 +95,12 @@ class _LogitLoss(PairLoss):
         else:  # the whole batch in its layout: the compiled node takes it as it is
             points, layout = self.real_points(embeddings, labels)
             logits = self._symm_batch_logits(points, layout)
-            if logits is None:
-                fused = self.fused_symm_logits(None, None, flags=False, batch=(points, layout))
+            if logits is None:  # the torch nodes, on views of the batch
+                anchors, positives = pair_views(points, layout)
+                fused = self.fused_symm_logits(anchors, positives, flags=False)
                 if fused is not None:
                     logits, synthetic = fused
                 else:
-                    anchors, positives = pair_views(points, layout)
                     logits, synthetic = self.symm_logits(symmetric_sets(anchors, positives, **self.reflection,
                                                                         with_norms=False))
                 if isinstance(synthetic, float):
@@ -152,15 +150,14 @@ class NPairLoss(_LogitLoss):
         return kernels.selection_plan(self.symm_pairs(), self.symm_mode == "point4", self.keep_positive,
                                       reflection["alpha"], reflection["beta"], reflection["form"])
 
-    def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
-                          batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
+                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         reflection = self.reflection
         if reflection["rescale_to_axis_norm"]:
             return None
         pairs = self.symm_pairs()
         logits, which, share = symm_npair_logits(anchors, positives, pairs, self.symm_mode == "point4", self.hardness_rank,
-                                                 self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"],
-                                                 batch=batch)
+                                                 self.keep_positive, reflection["alpha"], reflection["beta"], reflection["form"])
         return logits, share if share is not None and not flags else _is_synthetic(pairs, which)
 
     def symm_logits(self, sets: PointSets) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,18 +215,15 @@ class AngularLoss(_LogitLoss):
                                       reflection["form"], 1e-12, tuple(sums), None if self.keep_positive else tuple(set_pairs),
                                       4 * self.tan_sq, 2 * (1 + self.tan_sq))
 
-    def fused_symm_logits(self, anchors: torch.Tensor | None, positives: torch.Tensor | None, flags: bool = True,
-                          batch: tuple[torch.Tensor, str] | None = None) -> tuple[torch.Tensor, torch.Tensor | float] | None:
+    def fused_symm_logits(self, anchors: torch.Tensor, positives: torch.Tensor,
+                          flags: bool = True) -> tuple[torch.Tensor, torch.Tensor | float] | None:
         reflection = self.reflection
         if reflection["rescale_to_axis_norm"]:
             return None
         set_pairs, sums, pairs = self._row_sums()
-        if kernels.usable(anchors if batch is None else batch[0], self.hardness_rank):  # the whole logit matrix in one call
-            points, layout = batch if batch is not None else (torch.cat([anchors, positives]), "blocked")
-            logits, outputs = kernels.plan_logits(points, layout, self.compiled_plan())
+        if kernels.usable(anchors, self.hardness_rank):  # the whole logit matrix in one compiled call
+            logits, outputs = kernels.plan_logits(torch.cat([anchors, positives]), "blocked", self._compiled_plan)
             return logits, outputs.share if not flags else _is_synthetic(set_pairs, torch.from_numpy(outputs.which))
-        if anchors is None:
-            anchors, positives = pair_views(*batch)
         off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
                                               reflection["alpha"], reflection["beta"], reflection["form"], 1e-12, tuple(sums))
         off = (4 * self.tan_sq) * off
