@@ -58,7 +58,10 @@ def pml_losses() -> dict[str, Loss]:
     }
 
 
-# (row name, base row name or None, loss name, options)
+NO_COMPILED = {"SYMM_COMPILED_KERNELS": "0"}  # the torch path instead of the compiled loops
+NO_SYRK = {"SYMM_BLAS_SYRK": "0"}  # the compiled node's (2N, 2N) Gram as a torch matmul instead of BLAS syrk
+
+# (row name, base row name or None, loss name, options; "env": environment during the call)
 ROWS: list[tuple[str, str | None, str, dict]] = [
     ("npair", None, "npair", {}),
     ("symm_npair official", "npair", "npair", {"negatives": "symm", "symm_mode": "official"}),
@@ -69,15 +72,20 @@ ROWS: list[tuple[str, str | None, str, dict]] = [
     ("symm_angular point4", "angular", "angular", {"negatives": "symm", "symm_mode": "point4"}),
     # the same Symm losses through the torch path (symm.losses.fused / PointSets) instead of the
     # compiled loops (symm.losses.kernels, symm.losses.distance_kernels), side by side in the same rounds
-    ("symm_npair official, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "official", "compiled": False}),
-    ("symm_npair point4, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
-    ("symm_npair pair16, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "pair16", "compiled": False}),
-    ("symm_angular official, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "official", "compiled": False}),
-    ("symm_angular point4, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
-    ("symm_triplet point4, torch node", "triplet", "triplet", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
-    ("symm_lifted point4, torch node", "lifted", "lifted", {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
+    ("symm_npair official, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "official", "env": NO_COMPILED}),
+    ("symm_npair point4, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "point4", "env": NO_COMPILED}),
+    ("symm_npair pair16, torch node", "npair", "npair", {"negatives": "symm", "symm_mode": "pair16", "env": NO_COMPILED}),
+    ("symm_angular official, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "official", "env": NO_COMPILED}),
+    ("symm_angular point4, torch node", "angular", "angular", {"negatives": "symm", "symm_mode": "point4", "env": NO_COMPILED}),
+    # the compiled node with its symmetric Gram as a torch matmul (both triangles) instead of BLAS syrk
+    ("symm_npair official, torch Gram", "npair", "npair", {"negatives": "symm", "symm_mode": "official", "env": NO_SYRK}),
+    ("symm_npair pair16, torch Gram", "npair", "npair", {"negatives": "symm", "symm_mode": "pair16", "env": NO_SYRK}),
+    ("symm_angular official, torch Gram", "angular", "angular",
+     {"negatives": "symm", "symm_mode": "official", "env": NO_SYRK}),
+    ("symm_triplet point4, torch node", "triplet", "triplet", {"negatives": "symm", "symm_mode": "point4", "env": NO_COMPILED}),
+    ("symm_lifted point4, torch node", "lifted", "lifted", {"negatives": "symm", "symm_mode": "point4", "env": NO_COMPILED}),
     ("symm_contrastive point4, torch node", "contrastive", "contrastive",
-     {"negatives": "symm", "symm_mode": "point4", "compiled": False}),
+     {"negatives": "symm", "symm_mode": "point4", "env": NO_COMPILED}),
     ("triplet", None, "triplet", {}),
     ("triplet_hardest", None, "triplet", {"negatives": "hardest"}),
     ("symm_triplet point4", "triplet", "triplet", {"negatives": "symm", "symm_mode": "point4"}),
@@ -96,25 +104,26 @@ PML_NAME = {"npair": "npair", "angular": "angular", "triplet": "triplet", "tripl
 TARGETS = {"official": 1.5, "point4": 1.5, "pair16": 2.0}
 
 
-def without_compiled_loops(loss: Loss) -> Loss:
-    """``loss`` with ``SYMM_COMPILED_KERNELS=0`` during its forward (the node is chosen there)."""
+def with_environment(loss: Loss, env: dict[str, str]) -> Loss:
+    """``loss`` with ``env`` set during its forward (the node and its Gram are chosen there)."""
     def call(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        before = os.environ.get("SYMM_COMPILED_KERNELS")
-        os.environ["SYMM_COMPILED_KERNELS"] = "0"
+        before = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
         try:
             return loss(embeddings, labels)
         finally:
-            if before is None:
-                del os.environ["SYMM_COMPILED_KERNELS"]
-            else:
-                os.environ["SYMM_COMPILED_KERNELS"] = before
+            for key, value in before.items():
+                if value is None:
+                    del os.environ[key]
+                else:
+                    os.environ[key] = value
     return call
 
 
 def make_row_loss(loss: str, opts: dict) -> Loss:
-    options = {k: v for k, v in opts.items() if k != "compiled"}
+    options = {k: v for k, v in opts.items() if k != "env"}
     fn = create_loss(loss, **options)
-    return fn if opts.get("compiled", True) else without_compiled_loops(fn)
+    return with_environment(fn, opts["env"]) if "env" in opts else fn
 
 
 def time_call(fn: Loss, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -5,14 +5,17 @@ numpy re-derivations of the release and brute-force loops in test_losses.py / te
 test_angular_fused.py): the same logits, the same chosen set pair (first winner on ties) and
 the same gradients, for every set-pair selection the losses use.
 """
+import numpy as np
 import pytest
 import torch
 
-from symm.losses import create_loss
+from symm.losses import create_loss, kernels
 from symm.losses.fused import SymmNPairLogits, symm_npair_logits
 from symm.losses.kernels import (CompiledSymmNPairLogits, compiled_kernels_enabled, compiled_symm_batch_logits,
                                  compiled_symm_npair_logits)
 from symm.losses.npair import OFFICIAL_ORDERED_PAIRS, OFFICIAL_SET_PAIRS
+
+symmetric_gram = kernels._symmetric_gram
 
 pytestmark = pytest.mark.skipif(not compiled_kernels_enabled(), reason="numba not importable or switched off")
 
@@ -93,10 +96,16 @@ def _batch(anchors: torch.Tensor, positives: torch.Tensor, layout: str) -> torch
 @pytest.mark.parametrize("layout", ["interleaved", "blocked"])
 @pytest.mark.parametrize("reflection", REFLECTIONS[::2], ids=["paper", "official-form"])
 @pytest.mark.parametrize("dim", [7, 24], ids=["d<N: batch reordered", "d>=2N: Gram reordered"])
-def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, layout, reflection, dim):
+@pytest.mark.parametrize("gram", ["syrk", "matmul"])
+def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, layout, reflection, dim, gram, monkeypatch):
     # the node takes the whole batch in its layout (an interleaved one is reordered in the loops,
     # or, where d < kr·N, as a blocked copy); reference: the torch node on the (anchor, positive)
-    # rows split out of it, its gradients put back in the batch's row order
+    # rows split out of it, its gradients put back in the batch's row order. Both ways to the
+    # (2N, 2N) Gram of the selections whose rows are [A; P]: BLAS syrk's lower triangle (mirrored
+    # in the loops) and a torch matmul
+    monkeypatch.setenv("SYMM_BLAS_SYRK", "1" if gram == "syrk" else "0")
+    used = []
+    monkeypatch.setattr(kernels, "_symmetric_gram", lambda x: used.append(1) or symmetric_gram(x))
     g = torch.Generator().manual_seed(11)
     n = 10
     anchors = torch.randn(n, dim, generator=g, dtype=torch.float64)
@@ -114,6 +123,52 @@ def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, lay
     _assert_same_choice(which, ref_which)
     torch.testing.assert_close(grad, _batch(*ref_grads, layout))
     assert share == _compiled(anchors, positives, *args)[2]
+    rows_are_both_sets = not selection["anchors_only"] and selection.get("row_mix") != ((0, 1),)
+    assert bool(used) == rows_are_both_sets  # asked for by every selection with rows [A; P], and only by them
+    if gram == "syrk" and rows_are_both_sets:
+        assert symmetric_gram(points.detach()) is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows, dim", [(6, 9), (40, 3), (130, 70)])
+def test_symmetric_gram_is_the_lower_triangle_of_the_gram(dtype, rows, dim):
+    # reference: numpy's float64 matmul of the same points
+    points = torch.randn(rows, dim, generator=torch.Generator().manual_seed(rows), dtype=dtype)
+    lower = symmetric_gram(points)
+    assert lower.dtype == points.numpy().dtype and lower.shape == (rows, rows)
+    full = points.double().numpy() @ points.double().numpy().T
+    tril = np.tril_indices(rows)
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(lower[tril], full[tril], rtol=tolerance, atol=tolerance * dim)
+
+
+def test_symmetric_gram_is_not_used_where_it_cannot_or_must_not_be(monkeypatch):
+    points = torch.randn(8, 5)
+    assert symmetric_gram(points.T.contiguous().T) is None  # not C-contiguous: the node takes the matmul
+    assert symmetric_gram(points.half()) is None
+    monkeypatch.setenv("SYMM_BLAS_SYRK", "0")
+    assert not kernels.symmetric_gram_enabled() and symmetric_gram(points) is None
+
+
+def test_symmetric_gram_runs_scipys_blas_with_torchs_threads_and_restores_them(monkeypatch):
+    controllers = kernels._scipy_blas_controllers()
+    assert controllers, "threadpoolctl found no BLAS library under SciPy's installation"
+    seen = []
+    real = kernels._syrk[torch.float32]
+    monkeypatch.setitem(kernels._syrk, torch.float32,
+                        lambda *args, **kw: seen.append([lib.num_threads for lib in controllers]) or real(*args, **kw))
+    torch_threads, blas_threads = torch.get_num_threads(), [lib.num_threads for lib in controllers]
+    try:
+        for lib in controllers:
+            lib.set_num_threads(3)
+        torch.set_num_threads(1)
+        assert symmetric_gram(torch.randn(16, 4)) is not None
+        assert seen == [[1] * len(controllers)]
+        assert [lib.num_threads for lib in controllers] == [3] * len(controllers)
+    finally:
+        torch.set_num_threads(torch_threads)
+        for lib, threads in zip(controllers, blas_threads):
+            lib.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", sorted(SELECTIONS))
@@ -268,3 +323,12 @@ def test_compiled_angular_logits_pass_gradcheck(mode, monkeypatch):
     loss = create_loss("angular", negatives="symm", symm_mode=mode)
     anchors, positives = (x.requires_grad_() for x in _random_points(6, 5, 4))
     assert torch.autograd.gradcheck(lambda a, p: loss.fused_symm_logits(a, p)[0], (anchors, positives))
+
+
+@pytest.mark.parametrize("size", [1, 5, 8, 21, 64, 130])
+def test_mirror_fills_the_upper_triangle_from_the_lower(size):
+    # reference: numpy's tril of the input plus its strict tril transposed
+    matrix = np.random.default_rng(size).standard_normal((size, size)).astype(np.float32)
+    expected = np.tril(matrix) + np.tril(matrix, -1).T
+    kernels._mirror_lower(matrix)
+    np.testing.assert_array_equal(matrix, expected)

@@ -4,7 +4,10 @@ Why: on CPU at the paper's batch (N = 64 pairs) the Symm logit node is bound by 
 tensor calls, not by arithmetic: building the candidates, choosing the hardest, gathering the
 winners' coefficients and their backward are ~100 small kernels of a few microseconds each.
 Here they are two compiled loops over the (N, N) grid, one forward and one backward, around the
-unavoidable matmuls (the Gram rows forward, one or two products backward), which stay in torch.
+unavoidable matmuls (the Gram rows forward, one or two products backward), which stay in torch —
+except the (2N, 2N) Gram of the selections whose rows are [A; P] (N-pair ``official`` / ``pair16``,
+angular ``official``): it is symmetric, and BLAS syrk (through SciPy; torch has none) computes one
+triangle, half the multiply-adds of a matmul (``SYMM_BLAS_SYRK=0``: a torch matmul instead).
 
 Same arithmetic as ``symm.losses.fused.SymmNPairLogits`` (the reference the tests compare it
 with): the candidate X_s[i] · X_t[j] = Σ_kl C[s,k,i] K[k,l,i,j] C[t,l,j], the first of the
@@ -278,12 +281,39 @@ if numba is not None:
         return d_norms
 
     @_jit
-    def _forward_all(points, gram_rows, interleaved, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix, diag_mode, keep_pair,
-                     diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair):  # pragma: no cover - compiled
+    def _mirror_lower(matrix):  # pragma: no cover - compiled
+        """The upper triangle of a square matrix from its lower one.
+
+        In 8×8 tiles through a small buffer: both the reads and the writes run along rows (a
+        plain element-wise transpose reads down columns, 2.5× slower at 512 × 512)."""
+        size = matrix.shape[0]
+        tile = np.empty((8, 8), dtype=matrix.dtype)
+        full = size - size % 8
+        for a0 in range(0, full, 8):
+            for a in range(a0, a0 + 8):  # the diagonal tile
+                for b in range(a + 1, a0 + 8):
+                    matrix[a, b] = matrix[b, a]
+            for b0 in range(a0 + 8, full, 8):
+                for r in range(8):
+                    for c in range(8):
+                        tile[c, r] = matrix[b0 + r, a0 + c]
+                for r in range(8):
+                    for c in range(8):
+                        matrix[a0 + r, b0 + c] = tile[r, c]
+        for a in range(size):  # the last size % 8 columns
+            for b in range(max(a + 1, full), size):
+                matrix[a, b] = matrix[b, a]
+
+    @_jit
+    def _forward_all(points, gram_rows, lower_only, interleaved, kr, alpha_beta, own, eps, pair_rows, pair_cols, mix,
+                     diag_mode, keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair):  # pragma: no cover - compiled
         """Coefficients, choice and values from the batch ``points`` (2N, d) and its Gram rows (columns,
-        and rows when kr = 2, in the batch's order). Returns (how many off-diagonal choices involve a
-        synthetic set, the Gram rows blocked by point set, coef, diag, values, which)."""
+        and rows when kr = 2, in the batch's order; ``lower_only``: the (2N, 2N) Gram's lower triangle,
+        as BLAS syrk writes it). Returns (how many off-diagonal choices involve a synthetic set, the
+        Gram rows blocked by point set, coef, diag, values, which)."""
         n = points.shape[0] // 2
+        if lower_only:
+            _mirror_lower(gram_rows)
         if interleaved:
             anchors = points[0::2]
             positives = points[1::2]
@@ -313,6 +343,61 @@ if numba is not None:
         return count, gram, coef, diag, values, which
 
 
+def symmetric_gram_enabled() -> bool:
+    """Whether the (2N, 2N) Gram comes from BLAS syrk (SciPy's BLAS; ``SYMM_BLAS_SYRK=0`` turns it off)."""
+    return _syrk is not None and os.environ.get("SYMM_BLAS_SYRK", "1") != "0"
+
+
+def _scipy_blas_controllers() -> list:
+    """threadpoolctl's controllers of the BLAS library SciPy's wrappers call (none where it is not found)."""
+    global _blas_controllers
+    if _blas_controllers is None:
+        _blas_controllers = []
+        try:
+            import scipy
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - both come with scikit-learn
+            return _blas_controllers
+        root = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
+        scipy_dirs = (os.path.join(root, "scipy.libs"), os.path.dirname(os.path.abspath(scipy.__file__)))
+        _blas_controllers = [lib for lib in ThreadpoolController().lib_controllers
+                             if lib.user_api == "blas" and os.path.abspath(lib.filepath).startswith(scipy_dirs)]
+    return _blas_controllers
+
+
+def _symmetric_gram(points: torch.Tensor) -> np.ndarray | None:
+    """points · pointsᵀ's lower triangle (C order) from BLAS syrk, or None where syrk is not used.
+
+    torch has no syrk: its matmul computes both triangles. SciPy's BLAS runs with torch's thread
+    count for the call (restored after), so a trial that limits torch's threads limits this too.
+    """
+    if not symmetric_gram_enabled() or not points.is_contiguous():
+        return None
+    routine = _syrk.get(points.dtype)
+    if routine is None:
+        return None
+    size = points.shape[0]
+    out = np.empty((size, size), dtype=np.float32 if points.dtype == torch.float32 else np.float64)
+    threads = torch.get_num_threads()
+    changed = [(lib, lib.num_threads) for lib in _scipy_blas_controllers() if lib.num_threads != threads]
+    try:
+        for lib, _ in changed:
+            lib.set_num_threads(threads)
+        # a C-order (2N, d) array is the Fortran-order (d, 2N) matrix X: syrk "T" gives Xᵀ·X, written
+        # into the Fortran view of ``out`` (its upper triangle, the C-order lower one)
+        routine(1.0, points.numpy().T, trans=1, c=out.T, overwrite_c=1)
+    finally:
+        for lib, previous in changed:
+            lib.set_num_threads(previous)
+    return out
+
+
+try:  # BLAS syrk through SciPy (a scikit-learn dependency); without it the Gram is a torch matmul
+    from scipy.linalg.blas import dsyrk as _dsyrk, ssyrk as _ssyrk
+    _syrk: dict | None = {torch.float32: _ssyrk, torch.float64: _dsyrk}
+except ImportError:  # pragma: no cover - scipy is pinned in requirements.txt
+    _syrk = None
+_blas_controllers: list | None = None
 _scratch = threading.local()
 
 
@@ -397,11 +482,15 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         if reorder:
             points, interleaved = torch.cat([points[0::2], points[1::2]]), False
         anchors, positives = (points[0::2], points[1::2]) if interleaved else (points[:n], points[n:])
-        rows = anchors if row_kind == 0 else points if row_kind == 2 else anchors + positives
-        gram_rows = rows @ points.T  # (kr·N, 2N)
+        # rows [A; P]: the Gram is symmetric, BLAS syrk computes its lower triangle (half the products)
+        gram_rows = _symmetric_gram(points) if row_kind == 2 else None
+        lower_only = gram_rows is not None
+        if not lower_only:
+            rows = anchors if row_kind == 0 else points if row_kind == 2 else anchors + positives
+            gram_rows = (rows @ points.T).numpy()  # (kr·N, 2N)
         count, gram, coef, diag, values, which = _forward_all(
-            points.numpy(), gram_rows.numpy(), interleaved, 2 if row_kind == 2 else 1, alpha_beta, own, eps, pair_rows,
-            pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair)
+            points.numpy(), gram_rows, lower_only, interleaved, 2 if row_kind == 2 else 1, alpha_beta, own, eps,
+            pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, off_scale, diag_scale, synthetic_pair)
         outputs.which = which
         outputs.share = count / (n * (n - 1))
         ctx.kept = (points, interleaved, reorder, large, gram, coef, diag, which, plan)
