@@ -5,6 +5,8 @@ numpy re-derivations of the release and brute-force loops in test_losses.py / te
 test_angular_fused.py): the same logits, the same chosen set pair (first winner on ties) and
 the same gradients, for every set-pair selection the losses use.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,15 @@ from symm.losses.kernels import (CompiledSymmNPairLogits, compiled_kernels_enabl
 from symm.losses.npair import OFFICIAL_ORDERED_PAIRS, OFFICIAL_SET_PAIRS
 
 symmetric_gram = kernels._symmetric_gram
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread, as a trial runs (the node takes BLAS syrk only there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 pytestmark = pytest.mark.skipif(not compiled_kernels_enabled(), reason="numba not importable or switched off")
 
@@ -97,7 +108,8 @@ def _batch(anchors: torch.Tensor, positives: torch.Tensor, layout: str) -> torch
 @pytest.mark.parametrize("reflection", REFLECTIONS[::2], ids=["paper", "official-form"])
 @pytest.mark.parametrize("dim", [7, 24], ids=["d<N: batch reordered", "d>=2N: Gram reordered"])
 @pytest.mark.parametrize("gram", ["syrk", "matmul"])
-def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, layout, reflection, dim, gram, monkeypatch):
+def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, layout, reflection, dim, gram, monkeypatch,
+                                                                       one_torch_thread):
     # the node takes the whole batch in its layout (an interleaved one is reordered in the loops,
     # or, where d < kr·N, as a blocked copy); reference: the torch node on the (anchor, positive)
     # rows split out of it, its gradients put back in the batch's row order. Both ways to the
@@ -131,7 +143,7 @@ def test_compiled_node_on_the_batch_equals_the_torch_node_on_its_pairs(name, lay
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows, dim", [(6, 9), (40, 3), (130, 70)])
-def test_symmetric_gram_is_the_lower_triangle_of_the_gram(dtype, rows, dim):
+def test_symmetric_gram_is_the_lower_triangle_of_the_gram(dtype, rows, dim, one_torch_thread):
     # reference: numpy's float64 matmul of the same points
     points = torch.randn(rows, dim, generator=torch.Generator().manual_seed(rows), dtype=dtype)
     lower = symmetric_gram(points)
@@ -142,7 +154,7 @@ def test_symmetric_gram_is_the_lower_triangle_of_the_gram(dtype, rows, dim):
     np.testing.assert_allclose(lower[tril], full[tril], rtol=tolerance, atol=tolerance * dim)
 
 
-def test_symmetric_gram_is_not_used_where_it_cannot_or_must_not_be(monkeypatch):
+def test_symmetric_gram_is_not_used_where_it_cannot_or_must_not_be(monkeypatch, one_torch_thread):
     points = torch.randn(8, 5)
     assert symmetric_gram(points.T.contiguous().T) is None  # not C-contiguous: the node takes the matmul
     assert symmetric_gram(points.half()) is None
@@ -150,7 +162,47 @@ def test_symmetric_gram_is_not_used_where_it_cannot_or_must_not_be(monkeypatch):
     assert not kernels.symmetric_gram_enabled() and symmetric_gram(points) is None
 
 
-def test_symmetric_gram_runs_scipys_blas_with_torchs_threads_and_restores_them(monkeypatch):
+def test_symmetric_gram_is_used_only_where_torch_runs_one_thread():
+    # with more torch threads, SciPy's BLAS threads and torch's spinning OpenMP threads fight for
+    # the cores: the node takes the torch matmul there
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert symmetric_gram(torch.randn(8, 5)) is None
+        torch.set_num_threads(1)
+        assert symmetric_gram(torch.randn(8, 5)) is not None
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def test_gram_as_matmul_switches_syrk_off_and_restores_the_setting(monkeypatch):
+    monkeypatch.setenv("SYMM_BLAS_SYRK", "1")
+    with kernels.gram_as_matmul():
+        assert not kernels.symmetric_gram_enabled()
+    assert kernels.symmetric_gram_enabled()
+    monkeypatch.delenv("SYMM_BLAS_SYRK")
+    with kernels.gram_as_matmul():
+        assert not kernels.symmetric_gram_enabled()
+    assert "SYMM_BLAS_SYRK" not in os.environ
+
+
+def test_flop_count_of_symm_npair_official_includes_the_gram_done_by_syrk():
+    # reference: the node's products written out — forward the (2N, 2N) Gram, backward one
+    # (2N, 2N) × (2N, d) product: 2 · (2N)²d FLOPs each
+    from symm.analysis.cost import flops
+    n, dim = 8, 16
+    loss = create_loss("npair", negatives="symm", symm_mode="official")
+    x = torch.randn(2 * n, dim, requires_grad=True)
+    labels = torch.arange(n).repeat_interleave(2)
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # where the node would take syrk
+        assert flops(lambda: loss(x, labels).backward()) == 2 * 2 * (2 * n) ** 2 * dim
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def test_symmetric_gram_runs_scipys_blas_on_one_thread_and_restores_its_setting(monkeypatch):
     controllers = kernels._scipy_blas_controllers()
     assert controllers, "threadpoolctl found no BLAS library under SciPy's installation"
     seen = []

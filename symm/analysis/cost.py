@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from symm.losses import kernels
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -43,9 +45,13 @@ def saved_for_backward_bytes(forward: Callable[[], torch.Tensor]) -> tuple[torch
 
 
 def flops(fn: Callable[[], None]) -> int:
-    """Matmul/convolution FLOPs of one call of ``fn`` (forward and, if it calls it, backward)."""
+    """Matmul/convolution FLOPs of one call of ``fn`` (forward and, if it calls it, backward).
+
+    Counted with the Symm logit node's Gram as a torch matmul: BLAS syrk, which the node uses on
+    one thread, runs outside torch and its counter (it does half of that product's FLOPs).
+    """
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, kernels.gram_as_matmul():
         fn()
     return int(counter.get_total_flops())
 

@@ -7,7 +7,8 @@ Here they are two compiled loops over the (N, N) grid, one forward and one backw
 unavoidable matmuls (the Gram rows forward, one or two products backward), which stay in torch —
 except the (2N, 2N) Gram of the selections whose rows are [A; P] (N-pair ``official`` / ``pair16``,
 angular ``official``): it is symmetric, and BLAS syrk (through SciPy; torch has none) computes one
-triangle, half the multiply-adds of a matmul (``SYMM_BLAS_SYRK=0``: a torch matmul instead).
+triangle, half the multiply-adds of a matmul, where torch runs one thread (``SYMM_BLAS_SYRK=0``: a
+torch matmul instead).
 
 Same arithmetic as ``symm.losses.fused.SymmNPairLogits`` (the reference the tests compare it
 with): the candidate X_s[i] · X_t[j] = Σ_kl C[s,k,i] K[k,l,i,j] C[t,l,j], the first of the
@@ -22,9 +23,11 @@ off (everything then runs through the torch node, same values).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -344,8 +347,22 @@ if numba is not None:
 
 
 def symmetric_gram_enabled() -> bool:
-    """Whether the (2N, 2N) Gram comes from BLAS syrk (SciPy's BLAS; ``SYMM_BLAS_SYRK=0`` turns it off)."""
+    """Whether the (2N, 2N) Gram may come from BLAS syrk (SciPy's BLAS; ``SYMM_BLAS_SYRK=0`` turns it off)."""
     return _syrk is not None and os.environ.get("SYMM_BLAS_SYRK", "1") != "0"
+
+
+@contextlib.contextmanager
+def gram_as_matmul() -> Iterator[None]:
+    """Within: the Gram is a torch matmul (what torch's FLOP counter and profiler can see)."""
+    before = os.environ.get("SYMM_BLAS_SYRK")
+    os.environ["SYMM_BLAS_SYRK"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SYMM_BLAS_SYRK"]
+        else:
+            os.environ["SYMM_BLAS_SYRK"] = before
 
 
 def _scipy_blas_controllers() -> list:
@@ -368,21 +385,24 @@ def _scipy_blas_controllers() -> list:
 def _symmetric_gram(points: torch.Tensor) -> np.ndarray | None:
     """points · pointsᵀ's lower triangle (C order) from BLAS syrk, or None where syrk is not used.
 
-    torch has no syrk: its matmul computes both triangles. SciPy's BLAS runs with torch's thread
-    count for the call (restored after), so a trial that limits torch's threads limits this too.
+    torch has no syrk: its matmul computes both triangles. Used where torch runs one thread (a
+    trial's default, ``cpus_per_trial: 1``), with SciPy's BLAS held to one thread for the call
+    (restored after). With more torch threads the matmul is used: SciPy's BLAS threads and
+    torch's OpenMP threads, which keep spinning after each op, then fight for the same cores
+    (Symm+N-pair ``official``'s loss took 8 ms instead of 0.4 ms with 2 threads of each on 2
+    cores, and one syrk thread beside two torch threads was still slower than the matmul).
     """
-    if not symmetric_gram_enabled() or not points.is_contiguous():
+    if not symmetric_gram_enabled() or not points.is_contiguous() or torch.get_num_threads() != 1:
         return None
     routine = _syrk.get(points.dtype)
     if routine is None:
         return None
     size = points.shape[0]
     out = np.empty((size, size), dtype=np.float32 if points.dtype == torch.float32 else np.float64)
-    threads = torch.get_num_threads()
-    changed = [(lib, lib.num_threads) for lib in _scipy_blas_controllers() if lib.num_threads != threads]
+    changed = [(lib, lib.num_threads) for lib in _scipy_blas_controllers() if lib.num_threads != 1]
     try:
         for lib, _ in changed:
-            lib.set_num_threads(threads)
+            lib.set_num_threads(1)
         # a C-order (2N, d) array is the Fortran-order (d, 2N) matrix X: syrk "T" gives Xᵀ·X, written
         # into the Fortran view of ``out`` (its upper triangle, the C-order lower one)
         routine(1.0, points.numpy().T, trans=1, c=out.T, overwrite_c=1)
