@@ -404,12 +404,13 @@ def _symmetric_gram(points: torch.Tensor) -> np.ndarray | None:
         for lib, _ in changed:
             lib.set_num_threads(1)
         # a C-order (2N, d) array is the Fortran-order (d, 2N) matrix X: syrk "T" gives Xᵀ·X, written
-        # into the Fortran view of ``out`` (its upper triangle, the C-order lower one)
-        routine(1.0, points.numpy().T, trans=1, c=out.T, overwrite_c=1)
+        # into the Fortran view of ``out`` (its upper triangle, the C-order lower one); the wrapper
+        # returns that view (or a copy, were it ever unable to write in place)
+        result = routine(1.0, points.numpy().T, trans=1, c=out.T, overwrite_c=1)
     finally:
         for lib, previous in changed:
             lib.set_num_threads(previous)
-    return out
+    return result.T
 
 
 try:  # BLAS syrk through SciPy (a scikit-learn dependency); without it the Gram is a torch matmul
