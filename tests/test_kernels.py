@@ -17,6 +17,8 @@ from symm.losses.kernels import (CompiledSymmNPairLogits, compiled_kernels_enabl
                                  compiled_symm_npair_logits)
 from symm.losses.npair import OFFICIAL_ORDERED_PAIRS, OFFICIAL_SET_PAIRS
 
+pytestmark = pytest.mark.skipif(not compiled_kernels_enabled(), reason="numba not importable or switched off")
+
 symmetric_gram = kernels._symmetric_gram
 
 
@@ -27,8 +29,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-pytestmark = pytest.mark.skipif(not compiled_kernels_enabled(), reason="numba not importable or switched off")
 
 ANGULAR_SUMS = tuple(sorted({tuple(sorted(pair)) for pair in OFFICIAL_ORDERED_PAIRS}))
 SELECTIONS = {
@@ -162,17 +162,12 @@ def test_symmetric_gram_is_not_used_where_it_cannot_or_must_not_be(monkeypatch, 
     assert not kernels.symmetric_gram_enabled() and symmetric_gram(points) is None
 
 
-def test_symmetric_gram_is_used_only_where_torch_runs_one_thread():
+def test_symmetric_gram_is_used_only_where_torch_runs_one_thread(one_torch_thread):
     # with more torch threads, SciPy's BLAS threads and torch's spinning OpenMP threads fight for
     # the cores: the node takes the torch matmul there
-    torch_threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert symmetric_gram(torch.randn(8, 5)) is None
-        torch.set_num_threads(1)
-        assert symmetric_gram(torch.randn(8, 5)) is not None
-    finally:
-        torch.set_num_threads(torch_threads)
+    assert symmetric_gram(torch.randn(8, 5)) is not None
+    torch.set_num_threads(2)
+    assert symmetric_gram(torch.randn(8, 5)) is None
 
 
 def test_gram_as_matmul_switches_syrk_off_and_restores_the_setting(monkeypatch):
@@ -186,7 +181,7 @@ def test_gram_as_matmul_switches_syrk_off_and_restores_the_setting(monkeypatch):
     assert "SYMM_BLAS_SYRK" not in os.environ
 
 
-def test_flop_count_of_symm_npair_official_includes_the_gram_done_by_syrk():
+def test_flop_count_of_symm_npair_official_includes_the_gram_done_by_syrk(one_torch_thread):
     # reference: the node's products written out — forward the (2N, 2N) Gram, backward one
     # (2N, 2N) × (2N, d) product: 2 · (2N)²d FLOPs each
     from symm.analysis.cost import flops
@@ -194,31 +189,25 @@ def test_flop_count_of_symm_npair_official_includes_the_gram_done_by_syrk():
     loss = create_loss("npair", negatives="symm", symm_mode="official")
     x = torch.randn(2 * n, dim, requires_grad=True)
     labels = torch.arange(n).repeat_interleave(2)
-    torch_threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)  # where the node would take syrk
-        assert flops(lambda: loss(x, labels).backward()) == 2 * 2 * (2 * n) ** 2 * dim
-    finally:
-        torch.set_num_threads(torch_threads)
+    assert symmetric_gram(x.detach()) is not None  # one thread: the node would take syrk here
+    assert flops(lambda: loss(x, labels).backward()) == 2 * 2 * (2 * n) ** 2 * dim
 
 
-def test_symmetric_gram_runs_scipys_blas_on_one_thread_and_restores_its_setting(monkeypatch):
+def test_symmetric_gram_runs_scipys_blas_on_one_thread_and_restores_its_setting(monkeypatch, one_torch_thread):
     controllers = kernels._scipy_blas_controllers()
     assert controllers, "threadpoolctl found no BLAS library under SciPy's installation"
     seen = []
     real = kernels._syrk[torch.float32]
     monkeypatch.setitem(kernels._syrk, torch.float32,
                         lambda *args, **kw: seen.append([lib.num_threads for lib in controllers]) or real(*args, **kw))
-    torch_threads, blas_threads = torch.get_num_threads(), [lib.num_threads for lib in controllers]
+    blas_threads = [lib.num_threads for lib in controllers]
     try:
         for lib in controllers:
             lib.set_num_threads(3)
-        torch.set_num_threads(1)
         assert symmetric_gram(torch.randn(16, 4)) is not None
         assert seen == [[1] * len(controllers)]
         assert [lib.num_threads for lib in controllers] == [3] * len(controllers)
     finally:
-        torch.set_num_threads(torch_threads)
         for lib, threads in zip(controllers, blas_threads):
             lib.set_num_threads(threads)
 

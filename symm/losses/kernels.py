@@ -27,8 +27,8 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -351,18 +351,9 @@ def symmetric_gram_enabled() -> bool:
     return _syrk is not None and os.environ.get("SYMM_BLAS_SYRK", "1") != "0"
 
 
-@contextlib.contextmanager
-def gram_as_matmul() -> Iterator[None]:
+def gram_as_matmul() -> contextlib.AbstractContextManager:
     """Within: the Gram is a torch matmul (what torch's FLOP counter and profiler can see)."""
-    before = os.environ.get("SYMM_BLAS_SYRK")
-    os.environ["SYMM_BLAS_SYRK"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SYMM_BLAS_SYRK"]
-        else:
-            os.environ["SYMM_BLAS_SYRK"] = before
+    return mock.patch.dict(os.environ, {"SYMM_BLAS_SYRK": "0"})
 
 
 def _scipy_blas_controllers() -> list:
