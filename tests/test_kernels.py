@@ -367,6 +367,17 @@ def test_compiled_angular_logits_pass_gradcheck(mode, monkeypatch):
 
 
 @pytest.mark.parametrize("size", [1, 5, 8, 21, 64, 130])
+def test_symmetrise_adds_the_transpose_in_place_and_leaves_the_rest(size):
+    # reference: numpy's m + m.T on the leading (size, size) block of a wider matrix
+    matrix = np.random.default_rng(size).standard_normal((size + 3, size + 5)).astype(np.float32)
+    expected = matrix.copy()
+    block = expected[:size, :size]
+    expected[:size, :size] = block + block.T
+    kernels._symmetrise(matrix, size)
+    np.testing.assert_array_equal(matrix, expected)
+
+
+@pytest.mark.parametrize("size", [1, 5, 8, 21, 64, 130])
 def test_mirror_fills_the_upper_triangle_from_the_lower(size):
     # reference: numpy's tril of the input plus its strict tril transposed
     matrix = np.random.default_rng(size).standard_normal((size, size)).astype(np.float32)

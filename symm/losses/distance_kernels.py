@@ -271,7 +271,7 @@ class CompiledSymmDistances(torch.autograd.Function):
         low = points.numpy().dtype.type(0.0 if squared else SQRT_CLAMP)  # the clamp in the points' precision
         arrays = (gram.numpy(), coef.numpy(), diag.numpy(), sq.numpy())
         point_rows = points.numpy()
-        kernels._coefficients(point_rows[:n], point_rows[n:], alpha * beta, own, eps, _NO_ROW_MIX, arrays[2], arrays[1])
+        kernels._coefficients(point_rows, False, alpha * beta, own, eps, _NO_ROW_MIX, arrays[2], arrays[1])
         count = _forward_all(arrays[0], arrays[1], arrays[2], own, low, squared, pair16, arrays[3], values.numpy(),
                              which.numpy(), positive.numpy())
         share = torch.tensor(count / (values.shape[0] * (n - 1)), dtype=torch.float64)
