@@ -189,8 +189,9 @@ if numba is not None:
         # the anchor's, copied below)
         # Only two coefficients depend on the points: S1's along a (coef[2, 0]) and S2's along p
         # (coef[3, 1]); a summed row set (4 + r) carries them with its weights mix[r, 2], mix[r, 3].
-        # The loop accumulates their gradients straight into d_along (no scatter over the set
-        # index: the row's entries then vectorise), each entry weighted by its sets' share
+        # The loop accumulates their gradients straight into d_along, each entry weighted by its
+        # sets' share: no read-modify-write scattered over the set index (the loop is still scalar:
+        # LLVM does not vectorise it; 354 against 446 µs at N = 256, d = 128, N-pair ``official``)
         n_pairs = pair_rows.shape[0]
         weight = np.zeros((2, coef.shape[0]), dtype=coef.dtype)
         weight[0, 2] = 1.0
