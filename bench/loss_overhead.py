@@ -6,7 +6,13 @@ repeats; ratios against the base loss and against PML's same-named loss. The pap
 +1.8% for Symm+N-pair's loss on a Tesla P40.
 
     python -m bench.loss_overhead [--repeats 100] [--device cpu|cuda] [--threads 1] [--only symm_npair]
-                                  [--denormals flush|keep] [--markdown docs/benchmarks.md]
+                                  [--denormals flush|keep] [--runs 3] [--markdown docs/benchmarks.md]
+
+``--runs K`` repeats the whole measurement in K fresh processes, one after another (a process's
+heap and caches change every row's time by 10-20% on a shared VM, alike for all rows but not
+quite), prints the first run's tables and adds the verdict over all K: each target's CPU-time
+ratio per run, "met" where every run is within it, "not met" where none is, "borderline"
+between.
 
 Each call is timed in wall-clock time and in CPU time of the process (all threads). On a CPU
 shared with other jobs, CPU time barely depends on the load while wall time does; the
@@ -23,10 +29,14 @@ without flushing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,6 +201,47 @@ def table(medians: dict[str, tuple[float, float]], n_pairs: int, dim: int) -> li
     return lines + [""]
 
 
+SIZES = ((64, 512), (256, 128))
+
+
+def target_ratios(medians: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """{row: (CPU-time ratio, its target)} for every row with a target: Symm against its base loss,
+    our base loss against PML's."""
+    out = {}
+    for row, base, _, opts in ROWS:
+        if row not in medians:
+            continue
+        if base and base in medians and medians[base][1] > 0:
+            out[row] = (medians[row][1] / medians[base][1], TARGETS[opts.get("symm_mode", "point4")])
+        pml = f"PML {PML_NAME[row]}" if row in PML_NAME else None
+        if pml in medians and medians[pml][1] > 0:
+            out[f"{row} vs PML"] = (medians[row][1] / medians[pml][1], 0.6)
+    return out
+
+
+def verdict(ratios: list[float], target: float) -> str:
+    """'met' where every run is within the target, 'not met' where none is, else 'borderline (k of K)'."""
+    within = sum(r <= target for r in ratios)
+    if within == len(ratios):
+        return "met"
+    if within == 0:
+        return "**not met**"
+    return f"borderline ({within} of {len(ratios)} within)"
+
+
+def verdict_table(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[str]:
+    """The targets over several runs (each: {"N x d": medians}), one line per row and size."""
+    lines = [f"**Verdict over {len(runs)} runs** (CPU-time ratios, one fresh process per run, in run order)", "",
+             "| size | row | ratio per run | range | target | verdict |", "|---|---|---|---|---|---|"]
+    for size in runs[0]:
+        per_run = [target_ratios(run[size]) for run in runs]
+        for row, (_, target) in per_run[0].items():
+            values = [r[row][0] for r in per_run if row in r]
+            lines.append(f"| {size} | {row} | {', '.join(f'{v:.2f}' for v in values)} | "
+                         f"{min(values):.2f}-{max(values):.2f} | ≤ {target} | {verdict(values, target)} |")
+    return lines + [""]
+
+
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux; the speeds, and the denormal penalty, depend on it)."""
     try:
@@ -211,7 +262,13 @@ def main() -> None:
     parser.add_argument("--markdown", default=None, help="replace the '## Loss overhead' section of this file")
     parser.add_argument("--denormals", choices=("flush", "keep"), default="flush",
                         help="flush denormal floats to zero (default; see the module docstring) or keep them")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement in this many fresh processes")
+    parser.add_argument("--json", default=None, help=argparse.SUPPRESS)  # one run's medians, for --runs
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, got {args.runs}")
+    if args.runs > 1:
+        return run_several(args)
     torch.set_num_threads(args.threads)
     flushing = args.denormals == "flush" and torch.set_flush_denormal(True)  # False where the CPU cannot
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -220,12 +277,36 @@ def main() -> None:
               f"{'flushed to zero' if flushing else 'kept'}), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average {load:.2f} "
               f"at the start. Forward+backward of the loss alone on random float32 embeddings; medians of interleaved "
               f"repeats (a new random order each round). Paper (Tesla P40): N-pair 0.2454 ms, Symm+N-pair 0.2497 ms (× 1.02).")
-    lines = [header, ""]
-    for n_pairs, dim in ((64, 512), (256, 128)):
-        lines += table(measure(n_pairs, dim, args.repeats, args.device, args.only), n_pairs, dim)
+    lines, results = [header, ""], {}
+    for n_pairs, dim in SIZES:
+        results[f"N = {n_pairs}, d = {dim}"] = medians = measure(n_pairs, dim, args.repeats, args.device, args.only)
+        lines += table(medians, n_pairs, dim)
     if hasattr(os, "getloadavg"):
         lines.append(f"1-minute load average at the end: {os.getloadavg()[0]:.2f}")
     text = "\n".join(lines)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"text": text, "medians": results}))
+    if args.markdown:
+        write_results(Path(args.markdown), text)
+
+
+def run_several(args: argparse.Namespace) -> None:
+    """--runs K: K fresh processes one after another; the first run's tables and the verdict over all."""
+    runs, texts = [], []
+    passed = [f"--repeats={args.repeats}", f"--device={args.device}", f"--threads={args.threads}",
+              f"--denormals={args.denormals}"] + ([f"--only={args.only}"] if args.only else [])
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(args.runs):
+            out = Path(folder) / f"run{index}.json"
+            print(f"loss_overhead: run {index + 1} of {args.runs} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, "-m", "bench.loss_overhead", *passed, f"--json={out}"], check=True,
+                           stdout=subprocess.DEVNULL)
+            result = json.loads(out.read_text())
+            runs.append({size: {k: tuple(v) for k, v in medians.items()} for size, medians in result["medians"].items()})
+            texts.append(result["text"])
+    text = "\n".join([texts[0].replace(f"--repeats {args.repeats} ", f"--repeats {args.repeats} --runs {args.runs} ", 1),
+                      "", f"The tables above are run 1 of {args.runs}.", "", *verdict_table(runs)])
     print(text)
     if args.markdown:
         write_results(Path(args.markdown), text)

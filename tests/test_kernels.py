@@ -221,6 +221,32 @@ def test_compiled_node_on_an_interleaved_batch_passes_gradcheck(name, dim):
                                     (points,))
 
 
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+@pytest.mark.parametrize("layout", ["interleaved", "blocked"])
+@pytest.mark.parametrize("dim", [5, 24], ids=["large", "small"])
+@pytest.mark.parametrize("strides", ["column slice", "column-major"])
+def test_compiled_node_on_a_non_contiguous_batch_equals_it_on_a_contiguous_copy(name, layout, dim, strides,
+                                                                                 one_torch_thread):
+    # a batch that is a view (a model's output sliced, or transposed) takes the same paths as its
+    # contiguous copy; reference: the node on that copy
+    g = torch.Generator().manual_seed(dim)
+    wide = torch.randn(20, dim + 3, generator=g, dtype=torch.float64)
+    batch = wide[:, :dim] if strides == "column slice" else wide[:, :dim].T.contiguous().T
+    assert not batch.is_contiguous()
+    weights = torch.randn(10, 10, generator=g, dtype=torch.float64)
+    args = _node_args(SELECTIONS[name])
+    results = []
+    for points in (batch.clone().requires_grad_(), batch.contiguous().requires_grad_()):
+        values, which, share = compiled_symm_batch_logits(points, layout, args[0], args[1], *args[3:])
+        (grad,) = torch.autograd.grad((values * weights).sum(), points)
+        results.append((values, which, share, grad))
+    (values, which, share, grad), (ref_values, ref_which, ref_share, ref_grad) = results
+    torch.testing.assert_close(values, ref_values)
+    _assert_same_choice(which, ref_which)  # (the copy may take syrk, the view the matmul: other rounding)
+    assert share == ref_share
+    torch.testing.assert_close(grad, ref_grad)
+
+
 def test_compiled_node_names_an_unknown_layout():
     with pytest.raises(ValueError, match="layout must be 'interleaved' or 'blocked'"):
         compiled_symm_batch_logits(torch.randn(8, 3), "shuffled", [(0, 1)], True, True, 2.0, 1.0, "paper")
