@@ -231,14 +231,15 @@ def verdict(ratios: list[float], target: float) -> str:
 
 def verdict_table(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[str]:
     """The targets over several runs (each: {"N x d": medians}), one line per row and size."""
-    lines = [f"**Verdict over {len(runs)} runs** (CPU-time ratios, one fresh process per run, in run order)", "",
+    lines = [f"**Verdict over {len(runs)} runs** (CPU-time ratios, one fresh process per run, in run order; three "
+             "decimals, so that a ratio just above its target does not print as the target)", "",
              "| size | row | ratio per run | range | target | verdict |", "|---|---|---|---|---|---|"]
     for size in runs[0]:
         per_run = [target_ratios(run[size]) for run in runs]
         for row, (_, target) in per_run[0].items():
             values = [r[row][0] for r in per_run if row in r]
-            lines.append(f"| {size} | {row} | {', '.join(f'{v:.2f}' for v in values)} | "
-                         f"{min(values):.2f}-{max(values):.2f} | ≤ {target} | {verdict(values, target)} |")
+            lines.append(f"| {size} | {row} | {', '.join(f'{v:.3f}' for v in values)} | "
+                         f"{min(values):.3f}-{max(values):.3f} | ≤ {target} | {verdict(values, target)} |")
     return lines + [""]
 
 

@@ -31,7 +31,8 @@ def test_target_ratios_are_cpu_time_ratios_against_the_base_and_against_pml():
 def test_verdict_table_has_one_line_per_row_and_size_in_run_order():
     runs = [{"N = 64, d = 512": {"npair": (1.0, 1.0), "symm_npair point4": (1.0, r)}} for r in (1.47, 1.52, 1.57)]
     lines = loss_overhead.verdict_table(runs)
-    assert "| N = 64, d = 512 | symm_npair point4 | 1.47, 1.52, 1.57 | 1.47-1.57 | ≤ 1.5 | borderline (1 of 3 within) |" in lines
+    assert "| N = 64, d = 512 | symm_npair point4 | 1.470, 1.520, 1.570 | 1.470-1.570 | ≤ 1.5 | borderline (1 of 3 within) |" \
+        in lines
     assert sum(line.startswith("| N = 64") for line in lines) == 1
 
 
