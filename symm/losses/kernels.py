@@ -577,14 +577,11 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         d_points = torch.empty(size, points.shape[1], dtype=points.dtype)  # in the caller's layout
         d_anchors, d_positives = (d_points[0::2], d_points[1::2]) if interleaved or reordered else (d_points[:n], d_points[n:])
         anchors, positives = (points[0::2], points[1::2]) if interleaved else (points[:n], points[n:])
-        if row_kind == 2:  # d(batch) = M · batch; a reordered batch's halves go straight to their rows
-            if reordered:
-                torch.mm(matrix[:n], points, out=d_anchors)
-                torch.mm(matrix[n:], points, out=d_positives)
-            else:
-                torch.mm(matrix, points, out=d_points)
+        if reordered:  # rows [A; P] of a blocked copy: d(batch) = M · batch, each half straight to its rows
+            torch.mm(matrix[:n], points, out=d_anchors)
+            torch.mm(matrix[n:], points, out=d_positives)
             return d_points, None, None, None
-        if row_kind == 1 and not one_sided:
+        if row_kind == 2 or (row_kind == 1 and not one_sided):  # d(batch) = M · batch
             torch.mm(matrix, points, out=d_points)
             return d_points, None, None, None
         # blocked Gram rows (A, or a_i + p_i when large) with their gradient D = matrix[:N]; products on
