@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a lent GPU machine (no network there; its own torch):
-# tests/test_cuda.py (every loss on CUDA equals the CPU, one trial on the GPU) and the
-# loss-overhead bench on the GPU. Logs go to $OUT (the device tool brings them back).
+# tests/test_cuda.py (every loss on CUDA equals the CPU, one trial on the GPU),
+# tests/test_triton_kernels.py (the Triton node compiled on the device against the CPU loops) and
+# the loss-overhead bench on the GPU. Logs go to $OUT (the device tool brings them back).
 #
 #   here, where pip works:     scripts/device_check.sh fetch   # the missing wheels into .whl/ (git-ignored locally)
 #   on the GPU machine:        scripts/device_check.sh run     # with .whl carried along
@@ -35,7 +36,7 @@ $(.venv/bin/python -m pip freeze 2>/dev/null | grep -iE '^(pydantic[-_]core|anno
       python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
     } | tee "$out/gpu.txt"
     status=0
-    python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || status=1
+    python3 -m pytest -q -rs tests/test_cuda.py tests/test_triton_kernels.py 2>&1 | tee "$out/test_cuda.log" || status=1
     python3 -m bench.loss_overhead --device cuda --repeats 50 2>&1 | tee "$out/loss_overhead_cuda.md" || status=1
     exit "$status"
     ;;

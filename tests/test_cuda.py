@@ -3,8 +3,9 @@
 Skipped without CUDA (CI and the development machine have none; `scripts/device_check.sh` runs
 this file on a lent GPU machine). Reference: the CPU result of the same loss, itself checked
 against pytorch-metric-learning, numpy re-derivations of the release and brute-force loops in
-the other test files. On a GPU every Symm loss takes the torch path (the compiled loops are
-CPU-only), so this is also the test that the torch path keeps every tensor on the input's device.
+the other test files. On a GPU the Symm logit losses (N-pair, angular; hardest candidate) take
+the Triton node (symm.losses.triton_kernels) and every other Symm loss the torch path (the numba
+loops are CPU-only), so this is also the test that both keep every tensor on the input's device.
 """
 import pytest
 import torch

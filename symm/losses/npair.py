@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from symm.losses.base import PairLoss, check_non_negative, kth_hardest
-from symm.losses import kernels
+from symm.losses import kernels, triton_kernels
 from symm.losses.fused import symm_npair_logits
 from symm.losses.pairs import PointSets, pair_views, split_pairs, symmetric_sets
 
@@ -76,13 +76,28 @@ class _LogitLoss(PairLoss):
     def _compiled_plan(self) -> tuple | None:
         return self.compiled_plan()  # the options are fixed at construction: built once per loss
 
+    def _plan_logits(self, points: torch.Tensor, layout: str) -> tuple[torch.Tensor, float, kernels.NodeOutputs] | None:
+        """(logits, synthetic share, the node's outputs) from the compiled node for the device — Triton
+        kernels on CUDA, numba loops on the CPU — or None where none applies (the torch node then)."""
+        plan = self._compiled_plan
+        if plan is None:
+            return None
+        if triton_kernels.usable(points, self.hardness_rank):
+            result = triton_kernels.try_plan_logits(points, layout, plan)
+            if result is not None:
+                return result[0], float(result[1].share), result[1]
+        if not kernels.usable(points, self.hardness_rank):
+            return None
+        logits, outputs = kernels.plan_logits(points, layout, plan)
+        return logits, outputs.share, outputs
+
     def _symm_batch_logits(self, points: torch.Tensor, layout: str) -> torch.Tensor | None:
         """The training path: the compiled node on the batch as it is, its share recorded (None: not offered)."""
-        if self._compiled_plan is None or not kernels.usable(points, self.hardness_rank):
+        result = self._plan_logits(points, layout)
+        if result is None:
             return None
-        logits, outputs = kernels.plan_logits(points, layout, self._compiled_plan)
-        self.record_synthetic_share(outputs.share)
-        return logits
+        self.record_synthetic_share(result[1])
+        return result[0]
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.negatives != "symm":
@@ -221,9 +236,10 @@ class AngularLoss(_LogitLoss):
         if reflection["rescale_to_axis_norm"]:
             return None
         set_pairs, sums, pairs = self._row_sums()
-        if kernels.usable(anchors, self.hardness_rank):  # the whole logit matrix in one compiled call
-            logits, outputs = kernels.plan_logits(torch.cat([anchors, positives]), "blocked", self._compiled_plan)
-            return logits, outputs.share if not flags else _is_synthetic(set_pairs, torch.from_numpy(outputs.which))
+        compiled = self._plan_logits(torch.cat([anchors, positives]), "blocked")  # the whole logit matrix in one call
+        if compiled is not None:
+            logits, share, outputs = compiled
+            return logits, share if not flags else _is_synthetic(set_pairs, torch.as_tensor(outputs.which))
         off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
                                               reflection["alpha"], reflection["beta"], reflection["form"], 1e-12, tuple(sums))
         off = (4 * self.tan_sq) * off
