@@ -188,9 +188,9 @@ def _compile_cases() -> list[tuple[str, str, dict]]:
         for diag_mode in (0, 1, 2):
             for kr in (1, 2):
                 cases.append((dtype, "forward", dict(KR=kr, DIAG_MODE=diag_mode, BLOCK_J=64)))
-                cases.append((dtype, "backward", dict(KR=kr, DIAG_MODE=diag_mode, BLOCK_J=256)))
-            for row_kind in (0, 1, 2):
-                cases.append((dtype, "finish", dict(ROW_KIND=row_kind, DIAG_MODE=diag_mode, BLOCK_J=64)))
+                cases.append((dtype, "finish", dict(KR=kr, DIAG_MODE=diag_mode, BLOCK_J=64)))
+            for kr, row_sum in ((1, False), (1, True), (2, False)):
+                cases.append((dtype, "backward", dict(KR=kr, ROW_SUM=row_sum, DIAG_MODE=diag_mode, BLOCK_J=256)))
     return cases
 
 

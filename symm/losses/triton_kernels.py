@@ -9,9 +9,11 @@ the reflection coefficients — around the matmuls, which stay in torch (cuBLAS)
 The same plan (``kernels.selection_plan``) and the same arithmetic as the compiled CPU loops in
 ``symm.losses.kernels``: the candidate X_s[i] · X_t[j] = Σ_kl C[s,k,i] K[k,l,i,j] C[t,l,j] from
 the Gram rows K and the reflection coefficients C, the first of the largest wins (a NaN sticks),
-the diagonal as the plan says. Unlike the CPU loops, the batch is taken in blocked order [A; P]
-(an interleaved one is copied, one small kernel), and the sums over the grid that feed the
-coefficients' gradient are written per entry and reduced by torch (deterministic; no atomics).
+the diagonal as the plan says. Unlike the CPU loops, the backward always ends in one product,
+d(batch) = (M + Mᵀ) · batch with M (2N, 2N) (for rows A or a_i + p_i that is a quarter more
+multiply-adds than the CPU's products: on a GPU at these sizes launches, not arithmetic, set the
+time), and the sums over the grid that feed the coefficients' gradient are written per entry and
+summed in a fixed order (deterministic; no atomics).
 
 Used for CUDA float tensors with hardness rank 1 when Triton is importable
 (``SYMM_COMPILED_KERNELS=0`` turns it off together with the CPU loops). On the CPU the kernels
@@ -66,9 +68,10 @@ def usable(tensor: torch.Tensor, rank: int) -> bool:
 
 # The kernels' sources: plain functions, compiled by ``_kernels`` (``tl`` is read then, not at import).
 
-def _coefficients_kernel(points_ptr, consts_ptr, mix_ptr, diag_ptr, coef_ptr, n, dim, n_mix,
+def _coefficients_kernel(points_ptr, consts_ptr, mix_ptr, diag_ptr, coef_ptr, n, dim, n_mix, step, half,
                          BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # pragma: no cover - on CUDA
     """diag = [||a_j||², a_j·p_j, ||p_j||²] and coef[s, k, j] of [A, P, S1, S2] and the summed sets.
+    The batch in its pair layout: a_j is row j·step, p_j row j·step + half.
 
     The three row sums run the same reduction on the same kind of tiles, so equal points give
     bitwise equal values (exact ties stay exact)."""
@@ -83,8 +86,8 @@ def _coefficients_kernel(points_ptr, consts_ptr, mix_ptr, diag_ptr, coef_ptr, n,
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask = valid[:, None] & (d < dim)[None, :]
-        a = tl.load(points_ptr + j[:, None] * dim + d[None, :], mask=mask, other=0.0)
-        p = tl.load(points_ptr + (n + j)[:, None] * dim + d[None, :], mask=mask, other=0.0)
+        a = tl.load(points_ptr + (j * step)[:, None] * dim + d[None, :], mask=mask, other=0.0)
+        p = tl.load(points_ptr + (j * step + half)[:, None] * dim + d[None, :], mask=mask, other=0.0)
         sa += tl.sum(a * a, axis=1)
         ap += tl.sum(a * p, axis=1)
         sp += tl.sum(p * p, axis=1)
@@ -113,13 +116,16 @@ def _coefficients_kernel(points_ptr, consts_ptr, mix_ptr, diag_ptr, coef_ptr, n,
         tl.store(coef_ptr + (9 + 2 * r) * n + j, m1 + m2 * own_v + m3 * s2_along, mask=valid)
 
 def _forward_kernel(gram_ptr, coef_ptr, diag_ptr, consts_ptr, pair_rows_ptr, pair_cols_ptr, diag_rows_ptr,
-                    diag_cols_ptr, synthetic_ptr, values_ptr, which_ptr, count_ptr, n, n_pairs, n_diag, keep_pair,
-                    KR: tl.constexpr, DIAG_MODE: tl.constexpr, BLOCK_J: tl.constexpr):  # pragma: no cover - on CUDA
+                    diag_cols_ptr, synthetic_ptr, values_ptr, which_ptr, count_ptr, n, n_pairs, n_diag, keep_pair, step,
+                    half, KR: tl.constexpr, DIAG_MODE: tl.constexpr, BLOCK_J: tl.constexpr):  # pragma: no cover - on CUDA
     """Row i of the grid: values = off_scale · the largest candidate (first on ties; a NaN sticks),
     which = its pair; the diagonal × diag_scale: mode 0 the same choice, 1 a_i · p_i, 2 the
-    largest X_s[i] · X_t[i] over the diagonal pairs. count[i]: off-diagonal synthetic choices."""
+    largest X_s[i] · X_t[i] over the diagonal pairs. count[i]: off-diagonal synthetic choices.
+    The Gram's columns (and its rows where KR = 2) in the batch's order: point (l, j) at j·step + l·half."""
     i = tl.program_id(0)
     width = 2 * n
+    row_a = i * width if KR == 1 else (i * step) * width  # the Gram rows of a_i (or a_i + p_i) and p_i
+    row_p = (i * step + half) * width
     off_scale = tl.load(consts_ptr + 3)
     diag_scale = tl.load(consts_ptr + 4)
     ap_i = tl.load(diag_ptr + n + i)
@@ -144,13 +150,15 @@ def _forward_kernel(gram_ptr, coef_ptr, diag_ptr, consts_ptr, pair_rows_ptr, pai
     for j0 in range(0, n, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         valid = j < n
-        g00 = tl.load(gram_ptr + i * width + j, mask=valid, other=0.0)
-        g01 = tl.load(gram_ptr + i * width + n + j, mask=valid, other=0.0)
+        column_a = j * step
+        column_p = column_a + half
+        g00 = tl.load(gram_ptr + row_a + column_a, mask=valid, other=0.0)
+        g01 = tl.load(gram_ptr + row_a + column_p, mask=valid, other=0.0)
         g10 = g00
         g11 = g01
         if KR == 2:
-            g10 = tl.load(gram_ptr + (n + i) * width + j, mask=valid, other=0.0)
-            g11 = tl.load(gram_ptr + (n + i) * width + n + j, mask=valid, other=0.0)
+            g10 = tl.load(gram_ptr + row_p + column_a, mask=valid, other=0.0)
+            g11 = tl.load(gram_ptr + row_p + column_p, mask=valid, other=0.0)
         best = tl.zeros_like(g00)
         chosen = tl.zeros((BLOCK_J,), dtype=tl.int32)
         for c in range(n_pairs):
@@ -181,14 +189,21 @@ def _forward_kernel(gram_ptr, coef_ptr, diag_ptr, consts_ptr, pair_rows_ptr, pai
     tl.store(count_ptr + i, tl.sum(count, axis=0))
 
 def _backward_kernel(grad_ptr, gram_ptr, coef_ptr, consts_ptr, pair_rows_ptr, pair_cols_ptr, weights_ptr, which_ptr,
-                     matrix_ptr, column_part_ptr, row_part_ptr, n, n_pairs,
-                     KR: tl.constexpr, DIAG_MODE: tl.constexpr, BLOCK_J: tl.constexpr):  # pragma: no cover - on CUDA
-    """Row i: the Gram rows' gradient into ``matrix`` (same shape as the Gram rows), and each entry's
-    share of the gradients of the two point-dependent coefficients (S1's along a, S2's along p):
+                     matrix_ptr, column_part_ptr, row_part_ptr, n, n_pairs, step, half,
+                     KR: tl.constexpr, ROW_SUM: tl.constexpr, DIAG_MODE: tl.constexpr,
+                     BLOCK_J: tl.constexpr):  # pragma: no cover - on CUDA
+    """Row i: the logits' gradient as a (2N, 2N) matrix M in the batch's order, d(batch) = (M + Mᵀ) ·
+    batch: rows a_i and p_i get the Gram rows' gradient (KR = 1: the anchors' rows in a_i's, zeros
+    in p_i's, or the same in both where the rows are a_i + p_i, ROW_SUM), and each entry's share
+    of the gradients of the two point-dependent coefficients (S1's along a, S2's along p):
     column_part[k, i, j] for the column's class j, row_part[k, i] summed for the row's class i.
     ``weights``: (4, P) the column set's and the row set's weight of each coefficient per pair."""
     i = tl.program_id(0)
     width = 2 * n
+    out_a = (i * step) * width  # M's rows of a_i and p_i
+    out_p = (i * step + half) * width
+    row_a_gram = i * width if KR == 1 else out_a  # the Gram rows: (N, 2N) where KR = 1, else (2N, 2N) like M
+    row_p_gram = out_p
     off_scale = tl.load(consts_ptr + 3)
     diag_scale = tl.load(consts_ptr + 4)
     row_a = tl.zeros((BLOCK_J,), dtype=off_scale.dtype)
@@ -208,11 +223,21 @@ def _backward_kernel(grad_ptr, gram_ptr, coef_ptr, consts_ptr, pair_rows_ptr, pa
         c1 = tl.load(coef_ptr + (2 * t + 1) * n + j, mask=valid, other=0.0)
         column_a = tl.load(weights_ptr + c, mask=valid, other=0.0)
         column_p = tl.load(weights_ptr + n_pairs + c, mask=valid, other=0.0)
-        k00 = tl.load(gram_ptr + i * width + j, mask=valid, other=0.0)
-        k01 = tl.load(gram_ptr + i * width + n + j, mask=valid, other=0.0)
+        col_a = j * step
+        col_p = col_a + half
+        k00 = tl.load(gram_ptr + row_a_gram + col_a, mask=valid, other=0.0)
+        k01 = tl.load(gram_ptr + row_a_gram + col_p, mask=valid, other=0.0)
         if KR == 1:
-            tl.store(matrix_ptr + i * width + j, g * c0, mask=valid)
-            tl.store(matrix_ptr + i * width + n + j, g * c1, mask=valid)
+            m0 = g * c0
+            m1 = g * c1
+            tl.store(matrix_ptr + out_a + col_a, m0, mask=valid)
+            tl.store(matrix_ptr + out_a + col_p, m1, mask=valid)
+            if ROW_SUM:  # the row a_i + p_i: p_i's row of M is a_i's
+                tl.store(matrix_ptr + out_p + col_a, m0, mask=valid)
+                tl.store(matrix_ptr + out_p + col_p, m1, mask=valid)
+            else:
+                tl.store(matrix_ptr + out_p + col_a, tl.zeros_like(m0), mask=valid)
+                tl.store(matrix_ptr + out_p + col_p, tl.zeros_like(m1), mask=valid)
             tl.store(column_part_ptr + i * n + j, column_a * (g * k00), mask=valid)
             tl.store(column_part_ptr + n * n + i * n + j, column_p * (g * k01), mask=valid)
         else:
@@ -221,14 +246,14 @@ def _backward_kernel(grad_ptr, gram_ptr, coef_ptr, consts_ptr, pair_rows_ptr, pa
             r1 = tl.load(coef_ptr + (2 * s + 1) * n + i, mask=valid, other=0.0)
             row_weight_a = tl.load(weights_ptr + 2 * n_pairs + c, mask=valid, other=0.0)
             row_weight_p = tl.load(weights_ptr + 3 * n_pairs + c, mask=valid, other=0.0)
-            k10 = tl.load(gram_ptr + (n + i) * width + j, mask=valid, other=0.0)
-            k11 = tl.load(gram_ptr + (n + i) * width + n + j, mask=valid, other=0.0)
+            k10 = tl.load(gram_ptr + row_p_gram + col_a, mask=valid, other=0.0)
+            k11 = tl.load(gram_ptr + row_p_gram + col_p, mask=valid, other=0.0)
             g0 = g * r0
             g1 = g * r1
-            tl.store(matrix_ptr + i * width + j, g0 * c0, mask=valid)
-            tl.store(matrix_ptr + i * width + n + j, g0 * c1, mask=valid)
-            tl.store(matrix_ptr + (n + i) * width + j, g1 * c0, mask=valid)
-            tl.store(matrix_ptr + (n + i) * width + n + j, g1 * c1, mask=valid)
+            tl.store(matrix_ptr + out_a + col_a, g0 * c0, mask=valid)
+            tl.store(matrix_ptr + out_a + col_p, g0 * c1, mask=valid)
+            tl.store(matrix_ptr + out_p + col_a, g1 * c0, mask=valid)
+            tl.store(matrix_ptr + out_p + col_p, g1 * c1, mask=valid)
             row_a += tl.where(valid, row_weight_a * (g * (k00 * c0 + k01 * c1)), 0.0)
             row_p += tl.where(valid, row_weight_p * (g * (k10 * c0 + k11 * c1)), 0.0)
             tl.store(column_part_ptr + i * n + j, column_a * (g0 * k00 + g1 * k10), mask=valid)
@@ -238,14 +263,13 @@ def _backward_kernel(grad_ptr, gram_ptr, coef_ptr, consts_ptr, pair_rows_ptr, pa
         tl.store(row_part_ptr + n + i, tl.sum(row_p, axis=0))
 
 def _finish_kernel(grad_ptr, coef_ptr, diag_ptr, consts_ptr, diag_rows_ptr, diag_cols_ptr, set_weights_ptr, which_ptr,
-                   d_along_ptr, d_norms_ptr, matrix_ptr, n, n_sets,
-                   ROW_KIND: tl.constexpr, DIAG_MODE: tl.constexpr, BLOCK_J: tl.constexpr):  # pragma: no cover - on CUDA
-    """d_norms (3, N) = [2·d/d||a||², d/d(a·p), 2·d/d||p||²]: the diagonal's own gradient and the
-    coefficients' (d_along: the grid's share, reduced) through along = αβ·(a·p)/max(||axis||², eps).
-    ``set_weights``: (2, S) each set's weight of S1's along-a and S2's along-p coefficient.
-    Rows [A; P] (ROW_KIND 2) or A (0): the terms also go into the Gram rows' gradient before it is
-    symmetrised (halved where symmetrising doubles them), so the products carry them (no
-    element-wise passes after)."""
+                   column_part_ptr, row_part_ptr, matrix_ptr, n, n_sets, step, half,
+                   KR: tl.constexpr, DIAG_MODE: tl.constexpr, BLOCK_J: tl.constexpr):  # pragma: no cover - on CUDA
+    """The gradients of ||a_j||², a_j·p_j and ||p_j||² — the diagonal's own and the coefficients'
+    (d_along: the grid's shares, summed here in a fixed order) through along = αβ·(a·p)/max(||axis||², eps)
+    — added to M's entries (a_j, a_j), (a_j, p_j), (p_j, p_j), halved where M + Mᵀ doubles them, so
+    the one product d(batch) = (M + Mᵀ) · batch carries them. ``set_weights``: (2, S) each set's
+    weight of S1's along-a and S2's along-p coefficient."""
     j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     valid = j < n
     alpha_beta = tl.load(consts_ptr)
@@ -254,8 +278,14 @@ def _finish_kernel(grad_ptr, coef_ptr, diag_ptr, consts_ptr, diag_rows_ptr, diag
     sa = tl.load(diag_ptr + j, mask=valid, other=1.0)
     ap = tl.load(diag_ptr + n + j, mask=valid, other=0.0)
     sp = tl.load(diag_ptr + 2 * n + j, mask=valid, other=1.0)
-    d_along_a = tl.load(d_along_ptr + j, mask=valid, other=0.0)
-    d_along_p = tl.load(d_along_ptr + n + j, mask=valid, other=0.0)
+    d_along_a = tl.zeros_like(sa)
+    d_along_p = tl.zeros_like(sa)
+    for r in range(n):  # the grid's shares, row by row (deterministic: no atomics)
+        d_along_a += tl.load(column_part_ptr + r * n + j, mask=valid, other=0.0)
+        d_along_p += tl.load(column_part_ptr + n * n + r * n + j, mask=valid, other=0.0)
+    if KR == 2:
+        d_along_a += tl.load(row_part_ptr + j, mask=valid, other=0.0)
+        d_along_p += tl.load(row_part_ptr + n + j, mask=valid, other=0.0)
     d_sa = tl.zeros_like(sa)
     d_ap = tl.zeros_like(sa)
     d_sp = tl.zeros_like(sa)
@@ -284,18 +314,17 @@ def _finish_kernel(grad_ptr, coef_ptr, diag_ptr, consts_ptr, diag_rows_ptr, diag
     d_ap = alpha_beta * (d_along_a / axis_a + d_along_p / axis_p) + d_ap
     d_sa = d_sa - tl.where(sa > eps, d_along_a * (alpha_beta * ap / axis_a) / axis_a, 0.0)
     d_sp = d_sp - tl.where(sp > eps, d_along_p * (alpha_beta * ap / axis_p) / axis_p, 0.0)
-    tl.store(d_norms_ptr + j, 2.0 * d_sa, mask=valid)
-    tl.store(d_norms_ptr + n + j, d_ap, mask=valid)
-    tl.store(d_norms_ptr + 2 * n + j, 2.0 * d_sp, mask=valid)
+    # d(||a||²) · 2a, d(a·p) · p and d(||p||²) · 2p: M[a, a] += d_sa and M[p, p] += d_sp (doubled by
+    # M + Mᵀ), M[a, p] += d_ap (and M + Mᵀ puts it at [p, a] too)
     width = 2 * n
-    if ROW_KIND != 1:  # M[a, a] += ||a||²'s term / 2 (doubled by M + Mᵀ), M[a, p] += a·p's
-        aa = matrix_ptr + j * width + j
-        tl.store(aa, tl.load(aa, mask=valid, other=0.0) + d_sa, mask=valid)
-        ap_entry = matrix_ptr + j * width + n + j
-        tl.store(ap_entry, tl.load(ap_entry, mask=valid, other=0.0) + d_ap, mask=valid)
-    if ROW_KIND == 2:  # M[p, p] += ||p||²'s term / 2
-        pp = matrix_ptr + (n + j) * width + n + j
-        tl.store(pp, tl.load(pp, mask=valid, other=0.0) + d_sp, mask=valid)
+    a = j * step
+    p = a + half
+    entry = matrix_ptr + a * width + a
+    tl.store(entry, tl.load(entry, mask=valid, other=0.0) + d_sa, mask=valid)
+    entry = matrix_ptr + a * width + p
+    tl.store(entry, tl.load(entry, mask=valid, other=0.0) + d_ap, mask=valid)
+    entry = matrix_ptr + p * width + p
+    tl.store(entry, tl.load(entry, mask=valid, other=0.0) + d_sp, mask=valid)
 
 _KERNEL_SOURCES = (_coefficients_kernel, _forward_kernel, _backward_kernel, _finish_kernel)
 
@@ -352,11 +381,24 @@ def _block(n: int) -> int:
     return min(triton.next_power_of_2(max(n, 2)), _MAX_BLOCK)
 
 
+class _DeviceShare:
+    """The synthetic share as a count on the device, read (one sync) when converted with ``float``."""
+
+    __slots__ = ("count", "total")
+
+    def __init__(self, count: torch.Tensor, total: int) -> None:
+        self.count, self.total = count, total
+
+    def __float__(self) -> float:
+        return float(self.count) / self.total
+
+
 class TritonSymmNPairLogits(torch.autograd.Function):
     """``kernels.CompiledSymmNPairLogits`` for CUDA (or Triton's interpreter): same plan, values, choice
-    and gradients. Forward: the Gram rows (one cuBLAS product on the blocked batch), the
-    coefficients and the choice; backward: the entries' gradient, the coefficients' gradient
-    reduced by torch, then d(batch) from one to three products."""
+    and gradients, on the batch in its pair layout (no reorder). Forward: the Gram rows (one cuBLAS
+    product), the coefficients and the choice; backward: the entries' gradient as one (2N, 2N)
+    matrix M in the batch's order, the coefficients' gradient folded into it, then
+    d(batch) = (M + Mᵀ) · batch — four kernels and a matmul each way, whatever the selection."""
 
     @staticmethod
     def forward(ctx: Any, points: torch.Tensor, interleaved: bool, plan: tuple,  # type: ignore[override]
@@ -365,71 +407,50 @@ class TritonSymmNPairLogits(torch.autograd.Function):
         pair_rows, pair_cols, diag_rows, diag_cols, synthetic, weights, set_weights, mix_t, consts, n_sets = \
             _device_plan(plan, points.device, points.dtype)
         coefficients, forward_kernel, _, _ = _kernels()
-        points = points.detach()
+        points = points.detach().contiguous()
         n, dim = points.shape[0] // 2, points.shape[1]
-        blocked = torch.cat([points[0::2], points[1::2]]) if interleaved else points.contiguous()
-        anchors, positives = blocked[:n], blocked[n:]
-        rows = blocked if row_kind == 2 else anchors if row_kind == 0 else anchors + positives
-        gram = rows @ blocked.T  # (kr·N, 2N), columns [A; P]
+        step, half = (2, 1) if interleaved else (1, n)
+        anchors, positives = (points[0::2], points[1::2]) if interleaved else (points[:n], points[n:])
+        rows = points if row_kind == 2 else anchors if row_kind == 0 else anchors + positives
+        gram = rows @ points.T  # (2N or N, 2N), in the batch's order
         diag = torch.empty(3, n, dtype=points.dtype, device=points.device)
         coef = torch.empty(n_sets, 2, n, dtype=points.dtype, device=points.device)
         block = _block(n)
-        coefficients[(triton.cdiv(n, min(block, 64)),)](blocked, consts, mix_t, diag, coef, n, dim, mix.shape[0],
-                                                        BLOCK_J=min(block, 64), BLOCK_D=64)
+        coefficients[(triton.cdiv(n, min(block, 64)),)](points, consts, mix_t, diag, coef, n, dim, mix.shape[0], step,
+                                                        half, BLOCK_J=min(block, 64), BLOCK_D=64)
         values = torch.empty(n, n, dtype=points.dtype, device=points.device)
         which = torch.empty(n, n, dtype=torch.int8, device=points.device)
         count = torch.empty(n, dtype=torch.int32, device=points.device)
         forward_kernel[(n,)](gram, coef, diag, consts, pair_rows, pair_cols, diag_rows, diag_cols, synthetic, values,
-                             which, count, n, len(plan[1]), len(plan[6]), keep_pair,
+                             which, count, n, len(plan[1]), len(plan[6]), keep_pair, step, half,
                              KR=2 if row_kind == 2 else 1, DIAG_MODE=diag_mode, BLOCK_J=block)
         outputs.which = which
-        outputs.share = count.sum(dtype=torch.float64).div_(n * (n - 1))  # on the device: no sync here
-        ctx.kept = (blocked, rows, interleaved, gram, coef, diag, which, plan)
+        outputs.share = _DeviceShare(count.sum(), n * (n - 1))  # no sync here
+        ctx.kept = (points, interleaved, gram, coef, diag, which, plan)
         return values
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        blocked, rows, interleaved, gram, coef, diag, which, plan = ctx.kept
+        points, interleaved, gram, coef, diag, which, plan = ctx.kept
         row_kind, diag_mode = plan[0], plan[4]
         pair_rows, pair_cols, diag_rows, diag_cols, _, weights, set_weights, _, consts, n_sets = \
-            _device_plan(plan, blocked.device, blocked.dtype)
+            _device_plan(plan, points.device, points.dtype)
         _, _, backward_kernel, finish_kernel = _kernels()
-        n = blocked.shape[0] // 2
-        kr = 2 if row_kind == 2 else 1
+        n = points.shape[0] // 2
+        step, half = (2, 1) if interleaved else (1, n)
         grad = grad.contiguous()
-        matrix = torch.empty_like(gram)  # the Gram rows' gradient
-        column_part = torch.empty(2, n, n, dtype=blocked.dtype, device=blocked.device)
-        row_part = torch.empty(2, n, dtype=blocked.dtype, device=blocked.device)  # written where kr = 2
+        matrix = torch.empty(2 * n, 2 * n, dtype=points.dtype, device=points.device)  # written in full
+        column_part = torch.empty(2, n, n, dtype=points.dtype, device=points.device)
+        row_part = torch.empty(2, n, dtype=points.dtype, device=points.device)  # written (and read) where kr = 2
         block = _block(n)
         backward_kernel[(n,)](grad, gram, coef, consts, pair_rows, pair_cols, weights, which, matrix, column_part, row_part,
-                              n, len(plan[1]), KR=kr, DIAG_MODE=diag_mode, BLOCK_J=block)
-        d_along = column_part.sum(1)
-        if kr == 2:
-            d_along += row_part
-        d_norms = torch.empty(3, n, dtype=blocked.dtype, device=blocked.device)
+                              n, len(plan[1]), step, half, KR=2 if row_kind == 2 else 1, ROW_SUM=row_kind == 1,
+                              DIAG_MODE=diag_mode, BLOCK_J=block)
         finish_kernel[(triton.cdiv(n, block),)](grad, coef, diag, consts, diag_rows, diag_cols, set_weights, which,
-                                                d_along, d_norms, matrix, n, n_sets, ROW_KIND=row_kind,
-                                                DIAG_MODE=diag_mode, BLOCK_J=block)
-        anchors, positives = blocked[:n], blocked[n:]
-        if row_kind == 2:  # d(batch) = (M + Mᵀ) · batch (the norm terms are in M)
-            d_blocked = (matrix + matrix.T) @ blocked
-            d_anchors, d_positives = d_blocked[:n], d_blocked[n:]
-        elif row_kind == 0:  # rows A: d(A) = (D_AA + D_AAᵀ)·A + D_AP·P, d(P) = D_APᵀ·A + ||p||²'s term
-            d_aa, d_ap = matrix[:, :n], matrix[:, n:]
-            d_anchors = torch.addmm(d_ap @ positives, d_aa + d_aa.T, anchors)
-            d_positives = (d_ap.T @ anchors).addcmul_(positives, d_norms[2, :, None])
-        else:  # rows a_i + p_i: d(sums) = D·[A; P] to both, and D's column blocksᵀ · sums, + the norm terms
-            d_sums = matrix @ blocked
-            d_anchors = torch.addmm(d_sums, matrix[:, :n].T, rows)
-            d_positives = torch.addmm(d_sums, matrix[:, n:].T, rows)
-            d_anchors.addcmul_(anchors, d_norms[0, :, None]).addcmul_(positives, d_norms[1, :, None])
-            d_positives.addcmul_(positives, d_norms[2, :, None]).addcmul_(anchors, d_norms[1, :, None])
-        if interleaved:
-            d_points = torch.stack([d_anchors, d_positives], dim=1).view(2 * n, -1)
-        else:
-            d_points = torch.cat([d_anchors, d_positives])
-        return d_points, None, None, None
+                                                column_part, row_part, matrix, n, n_sets, step, half,
+                                                KR=2 if row_kind == 2 else 1, DIAG_MODE=diag_mode, BLOCK_J=block)
+        return (matrix + matrix.T) @ points, None, None, None
 
 
 def plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.Tensor, kernels.NodeOutputs]:
