@@ -247,6 +247,25 @@ def test_compiled_node_on_a_non_contiguous_batch_equals_it_on_a_contiguous_copy(
     torch.testing.assert_close(grad, ref_grad)
 
 
+@pytest.mark.parametrize("name", ["npair official", "npair point4", "angular point4"])
+@pytest.mark.parametrize("layout", ["interleaved", "blocked"])
+def test_compiled_node_second_output_is_the_sum_of_squared_norms(name, layout):
+    """Σ ||x||² (the losses' L2 term) from the node, against torch's sum and, with the logits, gradcheck."""
+    selection = SELECTIONS[name]
+    plan = kernels.selection_plan(selection["pairs"], selection["anchors_only"], selection["keep_positive"], 2.0, 1.0,
+                                  "paper", row_mix=selection.get("row_mix"))
+    points = torch.randn(12, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(6, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    _, outputs = kernels.plan_logits(points, layout, plan)
+    torch.testing.assert_close(outputs.squares, points.detach().pow(2).sum())
+
+    def combined(x):
+        values, out = kernels.plan_logits(x, layout, plan)
+        return (values * weights).sum() + 0.7 * out.squares
+
+    assert torch.autograd.gradcheck(combined, (points,))
+
+
 def test_compiled_node_names_an_unknown_layout():
     with pytest.raises(ValueError, match="layout must be 'interleaved' or 'blocked'"):
         compiled_symm_batch_logits(torch.randn(8, 3), "shuffled", [(0, 1)], True, True, 2.0, 1.0, "paper")
@@ -366,15 +385,23 @@ def test_losses_hand_the_batch_to_the_compiled_node_as_it_is(monkeypatch, loss_n
 
 @pytest.mark.parametrize("loss_name, mode", [("npair", "official"), ("npair", "point4"), ("npair", "pair16"),
                                              ("angular", "official"), ("angular", "point4")])
-def test_losses_are_the_same_with_the_compiled_node_switched_off(monkeypatch, loss_name, mode):
+@pytest.mark.parametrize("options", [{}, {"reg_lambda": 0.5}, {"reg_lambda": 0.5, "normalize": True}],
+                         ids=["defaults", "strong L2 term", "normalised"])
+@pytest.mark.parametrize("layout", ["interleaved", "shuffled"])
+def test_losses_are_the_same_with_the_compiled_node_switched_off(monkeypatch, loss_name, mode, options, layout):
+    # the L2 term comes from the compiled node's second output (its gradient inside the node's):
+    # a strong one, on normalised points too, and on a shuffled batch (the node gets a blocked copy)
     g = torch.Generator().manual_seed(2)
     embeddings = torch.randn(16, 8, generator=g, dtype=torch.float64)
     labels = torch.arange(8).repeat_interleave(2)
+    if layout == "shuffled":
+        order = torch.randperm(16, generator=g)
+        embeddings, labels = embeddings[order], labels[order]
     results = []
     for switch in ("1", "0"):
         monkeypatch.setenv("SYMM_COMPILED_KERNELS", switch)
         emb = embeddings.clone().requires_grad_()
-        loss = create_loss(loss_name, negatives="symm", symm_mode=mode)
+        loss = create_loss(loss_name, negatives="symm", symm_mode=mode, **options)
         value = loss(emb, labels)
         value.backward()
         results.append((value.detach(), emb.grad, loss.last_stats["synthetic_share"]))

@@ -56,8 +56,9 @@ def _points(seed: int, n: int, dim: int, dtype=torch.float64) -> torch.Tensor:
 def _run(node, points: torch.Tensor, layout: str, plan: tuple, weights: torch.Tensor):
     x = points.clone().requires_grad_(True)
     values, outputs = node(x, layout, plan)
-    (values * weights).sum().backward()
-    return values.detach().cpu(), torch.as_tensor(outputs.which).cpu(), float(outputs.share), x.grad.cpu()
+    ((values * weights).sum() + 0.3 * outputs.squares).backward()  # the node's second output (the L2 term's) too
+    return (values.detach().cpu(), torch.as_tensor(outputs.which).cpu(), float(outputs.share), x.grad.cpu(),
+            outputs.squares.detach().cpu())
 
 
 def _compare(points: torch.Tensor, layout: str, plan: tuple, seed: int, atol: float = 1e-10) -> None:
@@ -72,6 +73,8 @@ def _compare(points: torch.Tensor, layout: str, plan: tuple, seed: int, atol: fl
     assert torch.equal(got[1][off], expected[1][off])
     assert got[2] == pytest.approx(expected[2], abs=1e-12)
     torch.testing.assert_close(got[3], expected[3], atol=atol, rtol=atol)
+    torch.testing.assert_close(got[4], expected[4], atol=atol, rtol=atol)
+    torch.testing.assert_close(expected[4], points.pow(2).sum(), atol=atol, rtol=atol)  # Σ ||x||², by torch
 
 
 @needs_device

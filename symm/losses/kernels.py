@@ -176,11 +176,13 @@ if numba is not None:
 
     @_jit
     def _backward(grad, gram, coef, diag, kr, row_sum, one_sided, interleaved, alpha_beta, eps, pair_rows, pair_cols, mix,
-                  diag_mode, diag_rows, diag_cols, off_scale, diag_scale, which, matrix):  # pragma: no cover - compiled
+                  diag_mode, diag_rows, diag_cols, off_scale, diag_scale, which, sq_grad, matrix):  # pragma: no cover - compiled
         """The batch's gradient as matrices for one or two products (below), from the gradient of the
         Gram rows (blocked: rows A, [A; P] or the sums a_i + p_i when ``row_sum``; columns [A; P])
         and of ||a||², a·p, ||p||² through the reflection coefficients (``one_sided``, rows a_i + p_i:
-        only that gradient, in matrix[:N]). Returns d_norms (3, N): 2·d/d||a||², d/d(a·p), 2·d/d||p||²."""
+        only that gradient, in matrix[:N]). ``sq_grad``: the gradient of the node's other output, the
+        sum of every point's squared norm (the losses' L2 term), joins d||a||² and d||p||².
+        Returns d_norms (3, N): 2·d/d||a||², d/d(a·p), 2·d/d||p||²."""
         n = gram.shape[1] // 2
         step, half = (2, 1) if interleaved else (1, n)  # point (l, j) is batch row j·step + l·half
         # the Gram rows' gradient goes straight into ``matrix``, columns in the Gram's order (the
@@ -293,9 +295,9 @@ if numba is not None:
             d_ap = alpha_beta * (d_along_a / axis_a + d_along_p / axis_p) + d_diag[1, j]
             d_sa = d_diag[0, j] - (d_along_a * (alpha_beta * ap / axis_a) / axis_a if sa > eps else 0.0)
             d_sp = d_diag[2, j] - (d_along_p * (alpha_beta * ap / axis_p) / axis_p if sp > eps else 0.0)
-            d_norms[0, j] = 2.0 * d_sa
+            d_norms[0, j] = 2.0 * (d_sa + sq_grad)
             d_norms[1, j] = d_ap
-            d_norms[2, j] = 2.0 * d_sp
+            d_norms[2, j] = 2.0 * (d_sp + sq_grad)
         if kr == 1 and not row_sum:  # rows A: d(A) = R · batch, d(P) = Qᵀ · A + ||p||²'s part
             _symmetrise(matrix[:, 0::2] if interleaved else matrix, n)  # R's A·Aᵀ part (the diagonal doubled)
             for i in range(n):
@@ -491,13 +493,14 @@ def _plan(pairs: tuple[tuple[int, int], ...], anchors_only: bool, keep_positive:
 
 class NodeOutputs:
     """What the compiled node hands back besides the logits: the chosen set pair per entry (int8
-    NumPy grid) and the share of off-diagonal choices that involve a synthetic set.
+    NumPy grid), the share of off-diagonal choices that involve a synthetic set, and ``squares``,
+    Σ ||x||² over the batch (a differentiable output of the node: the losses' L2 term).
 
-    A side channel instead of extra autograd outputs: non-differentiable outputs cost the node
-    more bookkeeping per call than its whole choice loop.
+    A side channel instead of extra autograd outputs for the first two: non-differentiable outputs
+    cost the node more bookkeeping per call than its whole choice loop.
     """
 
-    __slots__ = ("which", "share")
+    __slots__ = ("which", "share", "squares")
 
 
 class CompiledSymmNPairLogits(torch.autograd.Function):
@@ -520,7 +523,7 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, points: torch.Tensor, interleaved: bool, plan: tuple,  # type: ignore[override]
-                outputs: NodeOutputs) -> torch.Tensor:
+                outputs: NodeOutputs) -> tuple[torch.Tensor, torch.Tensor]:
         row_kind, pair_rows, pair_cols, mix, diag_mode, keep_pair, diag_rows, diag_cols, synthetic_pair, consts = plan
         alpha_beta, own, eps, off_scale, diag_scale = consts
         points = points.detach()
@@ -557,11 +560,14 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         outputs.which = which
         outputs.share = count / (n * (n - 1))
         ctx.kept = (points, interleaved, reordered, gram_interleaved, large, sums, gram, coef, diag, which, plan)
-        return torch.from_numpy(values)
+        # the second output: Σ ||x||² over the batch (the losses' L2 term) from the row sums already
+        # taken; its gradient joins the node's own, so the loss needs no dot product node, nor a
+        # fresh (2N, d) gradient and a sum of the two in backward
+        return torch.from_numpy(values), torch.from_numpy(diag[0::2].sum(keepdims=True)).view(())
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor, grad_squares: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         points, interleaved, reordered, gram_interleaved, large, sums, gram, coef, diag, which, plan = ctx.kept
         row_kind, pair_rows, pair_cols, mix, diag_mode, _, diag_rows, diag_cols, _, consts = plan
         alpha_beta, _, eps, off_scale, diag_scale = consts
@@ -573,7 +579,8 @@ class CompiledSymmNPairLogits(torch.autograd.Function):
         one_sided = row_kind == 1 and large
         d_norms = _backward(grad.contiguous().numpy(), gram, coef, diag, 2 if row_kind == 2 else 1, row_kind == 1, one_sided,
                             gram_interleaved, alpha_beta, eps, pair_rows, pair_cols, mix, diag_mode, diag_rows, diag_cols,
-                            gram.dtype.type(off_scale), gram.dtype.type(diag_scale), which, matrix.numpy())
+                            gram.dtype.type(off_scale), gram.dtype.type(diag_scale), which,
+                            gram.dtype.type(grad_squares.item()), matrix.numpy())
         d_points = torch.empty(size, points.shape[1], dtype=points.dtype)  # in the caller's layout
         d_anchors, d_positives = (d_points[0::2], d_points[1::2]) if interleaved or reordered else (d_points[:n], d_points[n:])
         anchors, positives = (points[0::2], points[1::2]) if interleaved else (points[:n], points[n:])
@@ -630,11 +637,13 @@ def selection_plan(pairs: list[tuple[int, int]], anchors_only: bool, keep_positi
 
 
 def plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.Tensor, NodeOutputs]:
-    """(logits, the node's other outputs: ``which`` (int8 NumPy grid) and ``share``) for a ``selection_plan``."""
+    """(logits, the node's other outputs: ``which`` (int8 NumPy grid), ``share`` and ``squares``, the
+    sum of the points' squared norms with autograd) for a ``selection_plan``."""
     if layout not in ("interleaved", "blocked"):
         raise ValueError(f"layout must be 'interleaved' or 'blocked', got {layout!r}")
     outputs = NodeOutputs()
-    return CompiledSymmNPairLogits.apply(points, layout == "interleaved", plan, outputs), outputs
+    values, outputs.squares = CompiledSymmNPairLogits.apply(points, layout == "interleaved", plan, outputs)
+    return values, outputs
 
 
 def compiled_symm_batch_logits(points: torch.Tensor, layout: str, pairs: list[tuple[int, int]], anchors_only: bool,

@@ -91,15 +91,17 @@ class _LogitLoss(PairLoss):
         logits, outputs = kernels.plan_logits(points, layout, plan)
         return logits, outputs.share, outputs
 
-    def _symm_batch_logits(self, points: torch.Tensor, layout: str) -> torch.Tensor | None:
-        """The training path: the compiled node on the batch as it is, its share recorded (None: not offered)."""
+    def _symm_batch_logits(self, points: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The training path: (logits, Σ ||x||² of the points, with autograd) from the compiled node on the
+        batch as it is, its share recorded (None: not offered)."""
         result = self._plan_logits(points, layout)
         if result is None:
             return None
         self.record_synthetic_share(result[1])
-        return result[0]
+        return result[0], result[2].squares
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        squares = None
         if self.negatives != "symm":
             anchors, positives, _ = split_pairs(embeddings, labels)
             if self.normalize:
@@ -109,8 +111,10 @@ class _LogitLoss(PairLoss):
                 squares = anchors.pow(2).sum() + positives.pow(2).sum()
         else:  # the whole batch in its layout: the compiled node takes it as it is
             points, layout = self.real_points(embeddings, labels)
-            logits = self._symm_batch_logits(points, layout)
-            if logits is None:  # the torch nodes, on views of the batch
+            compiled = self._symm_batch_logits(points, layout)
+            if compiled is not None:  # the node's second output is the L2 term's Σ ||x||², its gradient in the node's
+                logits, squares = compiled
+            else:  # the torch nodes, on views of the batch
                 anchors, positives = pair_views(points, layout)
                 fused = self.fused_symm_logits(anchors, positives, flags=False)
                 if fused is not None:
@@ -122,9 +126,9 @@ class _LogitLoss(PairLoss):
                     self.record_synthetic_share(synthetic)
                 else:
                     self.record_synthetic(synthetic, off_diagonal=True)
-            if self.normalize:
-                squares = points.pow(2).sum()
-        if not self.normalize:  # every embedding is an anchor or a positive exactly once
+                if self.normalize:
+                    squares = points.pow(2).sum()
+        if squares is None:  # not normalised: every embedding is an anchor or a positive exactly once
             flat = embeddings.reshape(-1)
             squares = torch.dot(flat, flat)
         n = logits.shape[0]

@@ -263,13 +263,14 @@ def _backward_kernel(grad_ptr, gram_ptr, coef_ptr, consts_ptr, pair_rows_ptr, pa
         tl.store(row_part_ptr + n + i, tl.sum(row_p, axis=0))
 
 def _finish_kernel(grad_ptr, coef_ptr, diag_ptr, consts_ptr, diag_rows_ptr, diag_cols_ptr, set_weights_ptr, which_ptr,
-                   column_part_ptr, row_part_ptr, matrix_ptr, n, n_sets, step, half,
+                   column_part_ptr, row_part_ptr, sq_grad_ptr, matrix_ptr, n, n_sets, step, half,
                    KR: tl.constexpr, DIAG_MODE: tl.constexpr, BLOCK_J: tl.constexpr):  # pragma: no cover - on CUDA
     """The gradients of ||a_j||², a_j·p_j and ||p_j||² — the diagonal's own and the coefficients'
     (d_along: the grid's shares, summed here in a fixed order) through along = αβ·(a·p)/max(||axis||², eps)
     — added to M's entries (a_j, a_j), (a_j, p_j), (p_j, p_j), halved where M + Mᵀ doubles them, so
     the one product d(batch) = (M + Mᵀ) · batch carries them. ``set_weights``: (2, S) each set's
-    weight of S1's along-a and S2's along-p coefficient."""
+    weight of S1's along-a and S2's along-p coefficient. ``sq_grad``: the gradient of the node's
+    second output, Σ ||x||² (the losses' L2 term), which joins those of ||a_j||² and ||p_j||²."""
     j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     valid = j < n
     alpha_beta = tl.load(consts_ptr)
@@ -286,9 +287,10 @@ def _finish_kernel(grad_ptr, coef_ptr, diag_ptr, consts_ptr, diag_rows_ptr, diag
     if KR == 2:
         d_along_a += tl.load(row_part_ptr + j, mask=valid, other=0.0)
         d_along_p += tl.load(row_part_ptr + n + j, mask=valid, other=0.0)
-    d_sa = tl.zeros_like(sa)
+    sq_grad = tl.load(sq_grad_ptr)
+    d_sa = tl.zeros_like(sa) + sq_grad
     d_ap = tl.zeros_like(sa)
-    d_sp = tl.zeros_like(sa)
+    d_sp = tl.zeros_like(sa) + sq_grad
     g = tl.load(grad_ptr + j * n + j, mask=valid, other=0.0) * diag_scale
     if DIAG_MODE == 1:  # the original a_i · p_i
         d_ap += g
@@ -402,7 +404,7 @@ class TritonSymmNPairLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, points: torch.Tensor, interleaved: bool, plan: tuple,  # type: ignore[override]
-                outputs: kernels.NodeOutputs) -> torch.Tensor:
+                outputs: kernels.NodeOutputs) -> tuple[torch.Tensor, torch.Tensor]:
         row_kind, _, _, mix, diag_mode, keep_pair, *_ = plan
         pair_rows, pair_cols, diag_rows, diag_cols, synthetic, weights, set_weights, mix_t, consts, n_sets = \
             _device_plan(plan, points.device, points.dtype)
@@ -427,11 +429,11 @@ class TritonSymmNPairLogits(torch.autograd.Function):
         outputs.which = which
         outputs.share = _DeviceShare(count.sum(), n * (n - 1))  # no sync here
         ctx.kept = (points, interleaved, gram, coef, diag, which, plan)
-        return values
+        return values, diag[0::2].sum()  # and Σ ||x||² (the losses' L2 term), from the row sums already taken
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor, grad_squares: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         points, interleaved, gram, coef, diag, which, plan = ctx.kept
         row_kind, diag_mode = plan[0], plan[4]
         pair_rows, pair_cols, diag_rows, diag_cols, _, weights, set_weights, _, consts, n_sets = \
@@ -448,14 +450,16 @@ class TritonSymmNPairLogits(torch.autograd.Function):
                               n, len(plan[1]), step, half, KR=2 if row_kind == 2 else 1, ROW_SUM=row_kind == 1,
                               DIAG_MODE=diag_mode, BLOCK_J=block)
         finish_kernel[(triton.cdiv(n, block),)](grad, coef, diag, consts, diag_rows, diag_cols, set_weights, which,
-                                                column_part, row_part, matrix, n, n_sets, step, half,
+                                                column_part, row_part, grad_squares.reshape(1), matrix, n, n_sets,
+                                                step, half,
                                                 KR=2 if row_kind == 2 else 1, DIAG_MODE=diag_mode, BLOCK_J=block)
         return (matrix + matrix.T) @ points, None, None, None
 
 
 def plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.Tensor, kernels.NodeOutputs]:
-    """(logits, outputs: ``which`` (int8 tensor on the device) and ``share`` (0-dim tensor)) for a
-    ``kernels.selection_plan``, on CUDA (or CPU tensors in Triton's interpreter)."""
+    """(logits, outputs: ``which`` (int8 tensor on the device), ``share`` (read with ``float``) and
+    ``squares``, Σ ||x||² with autograd) for a ``kernels.selection_plan``, on CUDA (or CPU tensors in
+    Triton's interpreter)."""
     if not load():
         raise RuntimeError("the Triton node needs the triton package (it ships with torch's CUDA wheels)")
     if points.device.type != "cuda" and not interpreting():
@@ -467,7 +471,8 @@ def plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.T
     # Triton launches on the current CUDA device: make it the tensor's (backward runs on autograd's
     # device thread for that device)
     with torch.cuda.device(points.device) if points.is_cuda else contextlib.nullcontext():
-        return TritonSymmNPairLogits.apply(points, layout == "interleaved", plan, outputs), outputs
+        values, outputs.squares = TritonSymmNPairLogits.apply(points, layout == "interleaved", plan, outputs)
+    return values, outputs
 
 
 def try_plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.Tensor, kernels.NodeOutputs] | None:
