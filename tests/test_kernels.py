@@ -437,3 +437,17 @@ def test_mirror_fills_the_upper_triangle_from_the_lower(size):
     expected = np.tril(matrix) + np.tril(matrix, -1).T
     kernels._mirror_lower(matrix)
     np.testing.assert_array_equal(matrix, expected)
+
+
+@pytest.mark.parametrize("mode", ["official", "point4"])
+def test_memory_held_for_backward_counts_the_compiled_nodes_arrays(mode):
+    """symm.analysis.cost counts what the node keeps for backward on ctx (its Gram, coefficients,
+    choice: NumPy arrays, unseen by saved-tensor hooks) — reference: the arrays' own sizes."""
+    from symm.analysis.cost import saved_for_backward_bytes
+    n, dim = 16, 8
+    embeddings = torch.randn(2 * n, dim, requires_grad=True)
+    labels = torch.arange(n).repeat_interleave(2)
+    loss = create_loss("npair", negatives="symm", symm_mode=mode)
+    _, held = saved_for_backward_bytes(lambda: loss(embeddings, labels))
+    gram_bytes = (2 * n if mode == "official" else n) * 2 * n * 4
+    assert held >= gram_bytes + n * n + 2 * n * dim * 4  # Gram rows, the int8 choice, the batch

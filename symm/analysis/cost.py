@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,7 +32,12 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 
 def saved_for_backward_bytes(forward: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Run ``forward``; return its output and the bytes of distinct storages saved for backward."""
+    """Run ``forward``; return its output and the bytes of distinct storages saved for backward.
+
+    Two kinds: what autograd's saved-tensor hooks see, and what this project's compiled Symm nodes
+    (``symm.losses.kernels``, ``symm.losses.triton_kernels``) keep on their ``ctx.kept`` — their
+    Gram rows, coefficients and choice, as NumPy arrays or tensors, which the hooks do not see
+    (kept there because ``save_for_backward`` costs those nodes 2-5% at the paper's batch)."""
     storages: dict[tuple[int, str], int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -41,7 +47,30 @@ def saved_for_backward_bytes(forward: Callable[[], torch.Tensor]) -> tuple[torch
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()
+    storages.update(_kept_on_ctx(out))
     return out, sum(storages.values())
+
+
+def _kept_on_ctx(output: torch.Tensor) -> dict[tuple[int, str], int]:
+    """Storages that the graph's custom nodes keep on ``ctx.kept`` (tensors and NumPy arrays)."""
+    held: dict[tuple[int, str], int] = {}
+    stack, seen = [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for value in getattr(node, "kept", None) or ():
+            if isinstance(value, torch.Tensor):
+                storage = value.untyped_storage()
+                held[(storage.data_ptr(), str(value.device))] = storage.nbytes()
+            elif isinstance(value, np.ndarray):
+                base = value
+                while isinstance(base.base, np.ndarray):  # a view: count the array it views, once
+                    base = base.base
+                held[(base.__array_interface__["data"][0], "cpu")] = base.nbytes
+        stack.extend(function for function, _ in node.next_functions)
+    return held
 
 
 def flops(fn: Callable[[], None]) -> int:
