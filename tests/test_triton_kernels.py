@@ -158,6 +158,39 @@ def test_a_failing_kernel_falls_back_to_the_torch_node(monkeypatch):
     torch.testing.assert_close(again, value)
 
 
+@needs_device
+def test_a_failing_backward_kernel_is_caught_before_training_needs_it(monkeypatch):
+    """The first call runs the node's backward once on a copy: a backward kernel that cannot compile
+    falls back at the forward (one warning), instead of failing inside the step's loss.backward()."""
+    monkeypatch.setattr(triton_kernels, "_failed", [])
+    monkeypatch.setattr(triton_kernels, "_checked", set())
+
+    def broken(ctx, *grads):
+        raise RuntimeError("backward kernel does not compile here")
+
+    monkeypatch.setattr(triton_kernels.TritonSymmNPairLogits, "backward", staticmethod(broken))
+    embeddings = _points(17, 6, 4).to(DEVICE).requires_grad_(True)
+    labels = torch.arange(6, device=DEVICE).repeat_interleave(2)
+    loss = create_loss("npair", negatives="symm", symm_mode="point4")
+    with pytest.warns(RuntimeWarning, match="backward kernel does not compile here"):
+        value = loss(embeddings, labels)
+    value.backward()  # the torch node's backward: the step goes on
+    assert torch.isfinite(embeddings.grad).all() and not triton_kernels.available()
+
+
+@needs_device
+def test_the_first_call_check_runs_once_per_shape(monkeypatch):
+    monkeypatch.setattr(triton_kernels, "_checked", set())
+    calls = []
+    original = triton_kernels.plan_logits
+    monkeypatch.setattr(triton_kernels, "plan_logits", lambda *args: calls.append(args[0].shape) or original(*args))
+    loss = create_loss("npair", negatives="symm", symm_mode="official")
+    for n in (5, 5, 7):
+        embeddings = _points(n, n, 3).to(DEVICE).requires_grad_(True)
+        loss(embeddings, torch.arange(n, device=DEVICE).repeat_interleave(2)).backward()
+    assert [tuple(shape) for shape in calls] == [(10, 3), (10, 3), (10, 3), (14, 3), (14, 3)]
+
+
 @pytest.mark.skipif(not triton_kernels.load(), reason="triton not importable")
 def test_cpu_tensors_are_refused_outside_the_interpreter():
     if INTERPRETING:

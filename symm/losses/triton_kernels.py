@@ -475,10 +475,23 @@ def plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.T
     return values, outputs
 
 
+_checked: set[tuple] = set()  # (plan, shape, dtype, device, layout) whose kernels compiled and ran here
+
+
 def try_plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.Tensor, kernels.NodeOutputs] | None:
     """``plan_logits`` on CUDA, or None (the caller's torch node) if Triton cannot compile or launch
-    here — said once, as a warning: a GPU run keeps going on the slower path instead of failing."""
+    here — said once, as a warning: a GPU run keeps going on the slower path instead of failing.
+
+    The first call for a plan and batch shape also runs the node's backward once on a detached
+    copy (the same kernel variants), so a backward kernel that fails to compile is caught here,
+    not in the training step's ``loss.backward()``."""
+    key = (id(plan), tuple(points.shape), points.dtype, points.device, layout)
     try:
+        if key not in _checked:
+            probe = points.detach().clone().requires_grad_(True)
+            values, outputs = plan_logits(probe, layout, plan)
+            torch.autograd.backward([values, outputs.squares], [torch.ones_like(values), torch.ones_like(outputs.squares)])
+            _checked.add(key)
         return plan_logits(points, layout, plan)
     except Exception as error:  # noqa: BLE001 - any compiler/driver failure: fall back, say why
         _failed.append(f"{type(error).__name__}: {error}")
