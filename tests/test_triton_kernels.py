@@ -163,7 +163,7 @@ def test_a_failing_backward_kernel_is_caught_before_training_needs_it(monkeypatc
     """The first call runs the node's backward once on a copy: a backward kernel that cannot compile
     falls back at the forward (one warning), instead of failing inside the step's loss.backward()."""
     monkeypatch.setattr(triton_kernels, "_failed", [])
-    monkeypatch.setattr(triton_kernels, "_checked", set())
+    monkeypatch.setattr(triton_kernels, "_checked", {})
 
     def broken(ctx, *grads):
         raise RuntimeError("backward kernel does not compile here")
@@ -180,7 +180,7 @@ def test_a_failing_backward_kernel_is_caught_before_training_needs_it(monkeypatc
 
 @needs_device
 def test_the_first_call_check_runs_once_per_shape(monkeypatch):
-    monkeypatch.setattr(triton_kernels, "_checked", set())
+    monkeypatch.setattr(triton_kernels, "_checked", {})
     calls = []
     original = triton_kernels.plan_logits
     monkeypatch.setattr(triton_kernels, "plan_logits", lambda *args: calls.append(args[0].shape) or original(*args))

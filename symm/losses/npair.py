@@ -76,20 +76,21 @@ class _LogitLoss(PairLoss):
     def _compiled_plan(self) -> tuple | None:
         return self.compiled_plan()  # the options are fixed at construction: built once per loss
 
-    def _plan_logits(self, points: torch.Tensor, layout: str) -> tuple[torch.Tensor, float, kernels.NodeOutputs] | None:
-        """(logits, synthetic share, the node's outputs) from the compiled node for the device — Triton
-        kernels on CUDA, numba loops on the CPU — or None where none applies (the torch node then)."""
-        plan = self._compiled_plan
-        if plan is None:
+    def _compiled_applies(self, tensor: torch.Tensor) -> bool:
+        """Whether a compiled node serves this loss on ``tensor``'s device and precision."""
+        return self._compiled_plan is not None and (triton_kernels.usable(tensor, self.hardness_rank)
+                                                   or kernels.usable(tensor, self.hardness_rank))
+
+    def _plan_logits(self, points: torch.Tensor, layout: str) -> tuple[torch.Tensor, kernels.NodeOutputs] | None:
+        """(logits, the node's outputs) from the compiled node for the device — Triton kernels on CUDA,
+        numba loops on the CPU — or None where none applies (the torch node then)."""
+        if not self._compiled_applies(points):
             return None
         if triton_kernels.usable(points, self.hardness_rank):
-            result = triton_kernels.try_plan_logits(points, layout, plan)
-            if result is not None:
-                return result[0], float(result[1].share), result[1]
-        if not kernels.usable(points, self.hardness_rank):
-            return None
-        logits, outputs = kernels.plan_logits(points, layout, plan)
-        return logits, outputs.share, outputs
+            result = triton_kernels.try_plan_logits(points, layout, self._compiled_plan)
+            if result is not None or not kernels.usable(points, self.hardness_rank):
+                return result
+        return kernels.plan_logits(points, layout, self._compiled_plan)
 
     def _symm_batch_logits(self, points: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The training path: (logits, Σ ||x||² of the points, with autograd) from the compiled node on the
@@ -97,8 +98,9 @@ class _LogitLoss(PairLoss):
         result = self._plan_logits(points, layout)
         if result is None:
             return None
-        self.record_synthetic_share(result[1])
-        return result[0], result[2].squares
+        logits, outputs = result
+        self.record_synthetic_share(float(outputs.share))
+        return logits, outputs.squares
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         squares = None
@@ -240,10 +242,10 @@ class AngularLoss(_LogitLoss):
         if reflection["rescale_to_axis_norm"]:
             return None
         set_pairs, sums, pairs = self._row_sums()
-        compiled = self._plan_logits(torch.cat([anchors, positives]), "blocked")  # the whole logit matrix in one call
-        if compiled is not None:
-            logits, share, outputs = compiled
-            return logits, share if not flags else _is_synthetic(set_pairs, torch.as_tensor(outputs.which))
+        compiled = self._plan_logits(torch.cat([anchors, positives]), "blocked") if self._compiled_applies(anchors) else None
+        if compiled is not None:  # the whole logit matrix in one call
+            logits, outputs = compiled
+            return logits, float(outputs.share) if not flags else _is_synthetic(set_pairs, torch.as_tensor(outputs.which))
         off, which, share = symm_npair_logits(anchors, positives, pairs, False, self.hardness_rank, False,
                                               reflection["alpha"], reflection["beta"], reflection["form"], 1e-12, tuple(sums))
         off = (4 * self.tan_sq) * off

@@ -475,7 +475,7 @@ def plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.T
     return values, outputs
 
 
-_checked: set[tuple] = set()  # (plan, shape, dtype, device, layout) whose kernels compiled and ran here
+_checked: dict[tuple, tuple] = {}  # (id(plan), shape, dtype, device, layout) -> the plan, whose kernels compiled and ran here
 
 
 def try_plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[torch.Tensor, kernels.NodeOutputs] | None:
@@ -487,11 +487,11 @@ def try_plan_logits(points: torch.Tensor, layout: str, plan: tuple) -> tuple[tor
     not in the training step's ``loss.backward()``."""
     key = (id(plan), tuple(points.shape), points.dtype, points.device, layout)
     try:
-        if key not in _checked:
+        if _checked.get(key) is not plan:  # the plan itself, not another one at a reused id
             probe = points.detach().clone().requires_grad_(True)
             values, outputs = plan_logits(probe, layout, plan)
             torch.autograd.backward([values, outputs.squares], [torch.ones_like(values), torch.ones_like(outputs.squares)])
-            _checked.add(key)
+            _checked[key] = plan
         return plan_logits(points, layout, plan)
     except Exception as error:  # noqa: BLE001 - any compiler/driver failure: fall back, say why
         _failed.append(f"{type(error).__name__}: {error}")
