@@ -35,6 +35,8 @@ SELECTIONS = {
     "npair official": dict(pairs=list(OFFICIAL_SET_PAIRS), anchors_only=False, keep_positive=False),
     "npair official, positive kept": dict(pairs=list(OFFICIAL_SET_PAIRS), anchors_only=False, keep_positive=True),
     "npair point4": dict(pairs=[(0, t) for t in range(4)], anchors_only=True, keep_positive=True),
+    # the diagonal chosen too (not a loss's default): the vectorised off-diagonal span beside the chosen diagonal entry
+    "npair point4, diagonal chosen": dict(pairs=[(0, t) for t in range(4)], anchors_only=True, keep_positive=False),
     "npair pair16": dict(pairs=[(s, t) for s in range(4) for t in range(4)], anchors_only=False, keep_positive=True),
     "angular official": dict(pairs=[(ANGULAR_SUMS.index(tuple(sorted((s, t)))), t) for s, t in OFFICIAL_ORDERED_PAIRS],
                              anchors_only=False, keep_positive=False, row_mix=ANGULAR_SUMS),
