@@ -115,7 +115,7 @@ if numba is not None:
                 c0 = coef[t, 0]
                 c1 = coef[t, 1]
                 # the first pair writes; later ones replace in select form (a conditional store
-                # does not vectorise; 128-bit selects of best and chosen do)
+                # does not vectorise; selects of best and chosen do)
                 if kr == 1:  # the anchors' rows: X_0[i] = a_i
                     if c == 0:
                         for j in range(n):
@@ -199,31 +199,21 @@ if numba is not None:
         return v3 if t == 3 else (v2 if t == 2 else (v1 if t == 1 else v0))
 
     @numba.njit(cache=True, nogil=True, inline="always")
-    def _columns_span(grad, gram, coef, which, i, lo, hi, row, interleaved, q_copy, scale, matrix, d_along):  # pragma: no cover - compiled
-        """``_backward``'s rows A / a_i + p_i for the off-diagonal columns lo <= j < hi, where pair c's column
-        set is c (c < 4): the chosen set's coefficients as selects (``_chosen_column``) instead of a
-        gather through ``which``, in passes that each write one array with a stride the compiler
-        sees, so that LLVM vectorises them (the whole loop 70 against 260 µs at N = 256, d = 128).
-        The same products as the general loop: the same values (adding nothing where the general
-        loop adds a zero weight's product)."""
+    def _columns_span(grad, gram, coef, which, i, lo, hi, scale, matrix, d_along):  # pragma: no cover - compiled
+        """``_backward``'s rows A / a_i + p_i with blocked Gram columns, for the off-diagonal columns
+        lo <= j < hi, where pair c's column set is c (c < 4): the chosen set's coefficients as selects
+        (``_chosen_column``) instead of a gather through ``which``, in passes that each write one
+        array, so that LLVM vectorises them (the whole backward loop 144 against 260 µs at N = 256,
+        d = 128). The same products as the general loop: the same values (adding nothing where the
+        general loop adds a zero weight's product)."""
         n = gram.shape[1] // 2
         grad_row = grad[i]
         chosen = which[i]
-        out = matrix[i * row]
-        if interleaved:  # columns in the batch's order: point (l, j) is column 2j + l
-            for j in range(lo, hi):
-                g = grad_row[j] * scale
-                out[2 * j] = g * _chosen_column(chosen[j], coef, 0, j)
-                out[2 * j + 1] = g * _chosen_column(chosen[j], coef, 1, j)
-            if q_copy:
-                q_row = matrix[n + i]
-                for j in range(lo, hi):
-                    q_row[j] = (grad_row[j] * scale) * _chosen_column(chosen[j], coef, 1, j)
-        else:
-            for j in range(lo, hi):
-                out[j] = (grad_row[j] * scale) * _chosen_column(chosen[j], coef, 0, j)
-            for j in range(lo, hi):
-                out[n + j] = (grad_row[j] * scale) * _chosen_column(chosen[j], coef, 1, j)
+        out = matrix[i]
+        for j in range(lo, hi):
+            out[j] = (grad_row[j] * scale) * _chosen_column(chosen[j], coef, 0, j)
+        for j in range(lo, hi):
+            out[n + j] = (grad_row[j] * scale) * _chosen_column(chosen[j], coef, 1, j)
         zero = scale - scale
         gram_row = gram[i]
         along_a = d_along[0]
@@ -287,8 +277,8 @@ if numba is not None:
         for i in range(n):
             first, last = 0, n
             if identity_columns:  # the off-diagonal columns here, the diagonal entry below
-                _columns_span(grad, gram, coef, which, i, 0, i, row, interleaved, q_copy, off_scale, matrix, d_along)
-                _columns_span(grad, gram, coef, which, i, i + 1, n, row, interleaved, q_copy, off_scale, matrix, d_along)
+                _columns_span(grad, gram, coef, which, i, 0, i, off_scale, matrix, d_along)
+                _columns_span(grad, gram, coef, which, i, i + 1, n, off_scale, matrix, d_along)
                 first, last = i, i + 1
             if kr == 1:  # row set: the anchors or a_i + p_i (no coefficients of their own)
                 for j in range(first, last):
