@@ -120,7 +120,7 @@ def test_gradients_are_finite_and_reach_every_embedding():
 @pytest.mark.parametrize(
     "labels, message",
     [
-        (torch.tensor([0, 0, 1, 1, 2]), "appears 1 times"),
+        (torch.tensor([0, 0, 1, 1, 2]), "appears once"),
         (torch.tensor([0, 0, 0, 1, 1, 1]), "appears 3 times"),
         (torch.tensor([4, 4]), "at least 2 classes"),
     ],

@@ -103,8 +103,9 @@ def split_pairs(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     unique, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     if bool((counts != 2).any()):
         bad = int((counts != 2).nonzero()[0, 0])
+        count = int(counts[bad])
         raise ValueError(
-            f"label {unique[bad].item()} appears {counts[bad].item()} times; pair-based losses need every "
+            f"label {unique[bad].item()} appears {'once' if count == 1 else f'{count} times'}; pair-based losses need every "
             "label exactly twice (first = anchor, second = positive): use an N-pair batch sampler"
         )
     if unique.numel() < 2:
