@@ -348,6 +348,50 @@ def test_a_nan_input_gives_a_nan_logit_not_an_error():
     assert (which >= 0).all() and (which < len(OFFICIAL_SET_PAIRS)).all()
 
 
+@pytest.mark.parametrize("name", sorted(SELECTIONS))
+@pytest.mark.parametrize("large", [False, True], ids=["small batch", "large batch"])
+def test_a_nan_candidate_sticks_where_the_torch_node_has_one(name, large):
+    """A NaN in one positive reaches the logits where the torch node's do (its column, through every
+    candidate's Gram terms, and its own row where it is a row point). Reference: the torch node's
+    NaN pattern. The sticking of a NaN among finite candidates is tested on the loop below."""
+    selection = SELECTIONS[name]
+    anchors, positives = _random_points(3, 6, 3 if large else 16)
+    positives[2, 1] = float("nan")
+    values, _, _ = _compiled(anchors, positives, *_node_args(selection))
+    ref_values = SymmNPairLogits.apply(anchors, positives, *_node_args(selection))[0]
+    assert torch.isnan(values[:, 2]).any()
+    assert torch.equal(torch.isnan(values), torch.isnan(ref_values))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_four_candidate_pass_equals_an_explicit_loop_with_nans_and_ties(dtype):
+    """``kernels._four_candidates`` (one pass over four column sets) against an explicit loop with the
+    four-pass semantics: candidate c replaces the best so far if it is larger or NaN (a NaN
+    sticks, as torch.amax), so ties keep the first. NaN coefficients only in later sets, ties
+    between sets, columns permuted by ``pair_cols``."""
+    rng = np.random.default_rng(0)
+    n = 37
+    g00, g01 = rng.standard_normal((2, n)).astype(dtype)
+    coef = rng.standard_normal((6, 2, n)).astype(dtype)
+    coef[3, 0, 5] = np.nan  # later candidates NaN while the first is finite
+    coef[4, 1, 7] = np.nan
+    coef[2, 1, 9] = np.nan  # the first candidate NaN
+    coef[4, :, 11] = coef[2, :, 11]  # an exact tie between two sets
+    pair_cols = np.array([2, 4, 3, 5], dtype=np.int64)
+    best = np.empty(n, dtype=dtype)
+    chosen = np.empty(n, dtype=np.int8)
+    kernels._four_candidates(g00, g01, coef, pair_cols, best, chosen)
+    for j in range(n):
+        top, pick = None, -1
+        for c, t in enumerate(pair_cols):
+            value = g00[j] * coef[t, 0, j] + g01[j] * coef[t, 1, j]
+            if c == 0 or value > top or np.isnan(value):
+                top, pick = value, c
+        assert chosen[j] == pick, j
+        assert best[j] == top or (np.isnan(best[j]) and np.isnan(top)), j
+    assert np.isnan(best[[5, 7, 9]]).all() and chosen[11] == 0
+
+
 def test_dispatch_uses_the_compiled_node_only_where_it_applies(monkeypatch):
     calls = []
     for node in (CompiledSymmNPairLogits, SymmNPairLogits):
