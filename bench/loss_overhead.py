@@ -19,6 +19,14 @@ shared with other jobs, CPU time barely depends on the load while wall time does
 ratios are computed from both and both are reported. ``--threads 1`` (the default) is how the
 trainer runs a trial (one torch thread per trial).
 
+Each row's matrix products: the products its code path runs (recorded once by ``bench.products``:
+the aten products of forward and backward, and the BLAS syrk of the Symm Gram) are replayed alone
+as rows "products: …" in the same rounds. The verdict gives, per run, the products estimate of a
+Symm row, (base − base's products + its products) / base: its ratio if everything but the
+matrix products cost what it costs in the base loss. It says how much of a ratio the products
+alone explain on this CPU's BLAS; it is not a bound (a Symm node can do the rest in less than its
+base loss does: Symm+angular and the Symm distance losses run below theirs).
+
 Denormals are flushed to zero by default (``torch.set_flush_denormal(True)``): on random
 N(0, 1) embeddings at d = 512 the N-pair logits spread over ±60, most softmax probabilities
 are denormal floats, and on Intel cores every product touching them is microcode-assisted —
@@ -44,6 +52,7 @@ from pathlib import Path
 import torch
 from pytorch_metric_learning import distances, losses, miners, reducers
 
+from bench.products import record_products, replay
 from symm.losses import create_loss
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -136,13 +145,18 @@ def make_row_loss(loss: str, opts: dict) -> Loss:
     return with_environment(fn, opts["env"]) if "env" in opts else fn
 
 
+PRODUCTS = "products: "  # prefix of the rows that replay a row's matrix products alone
+
+
 def time_call(fn: Loss, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(wall s, process CPU s) of one forward+backward."""
+    """(wall s, process CPU s) of one forward+backward (of one replay, for a products row: it returns None)."""
     x = embeddings.detach().requires_grad_(True)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
     start, cpu = time.perf_counter(), time.process_time()
-    fn(x, labels).backward()
+    out = fn(x, labels)
+    if out is not None:
+        out.backward()
     sync()
     return time.perf_counter() - start, time.process_time() - cpu
 
@@ -157,6 +171,9 @@ def measure(n_pairs: int, dim: int, repeats: int, device: str, only: str | None 
     needed = {r[0] for r in rows} | {r[1] for r in rows if r[1]}
     fns: dict[str, Loss] = {row: make_row_loss(loss, opts) for row, _, loss, opts in ROWS if row in needed}
     fns.update({f"PML {k}": v for k, v in pml_losses().items() if k in needed})
+    for name in [row for row in fns if not row.startswith("PML ")]:  # each row's products, replayed alone
+        products = replay(record_products(fns[name], embeddings, labels))
+        fns[PRODUCTS + name] = lambda _x, _labels, run=products: run()
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for name, fn in fns.items():  # warm-up: until 3 calls or 1 s
         spent = 0.0
@@ -198,6 +215,9 @@ def table(medians: dict[str, tuple[float, float]], n_pairs: int, dim: int) -> li
     refs = [f"{k[4:]} {1000 * w:.3f} ({1000 * c:.3f}) ms" for k, (w, c) in medians.items() if k.startswith("PML ")]
     if refs:
         lines += ["", "PML reference rows, wall (CPU): " + ", ".join(refs)]
+    products = [f"{k[len(PRODUCTS):]} {1000 * c:.3f}" for k, (_, c) in medians.items() if k.startswith(PRODUCTS)]
+    if products:
+        lines += ["", "Matrix products of each row's code path replayed alone (`bench.products`), CPU ms: " + ", ".join(products)]
     return lines + [""]
 
 
@@ -219,6 +239,18 @@ def target_ratios(medians: dict[str, tuple[float, float]]) -> dict[str, tuple[fl
     return out
 
 
+def products_estimates(medians: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """{Symm row: its CPU-time ratio to its base loss if everything but the matrix products cost what it
+    costs in the base}: (base − base's products + the row's products) / base, from one run's medians."""
+    out = {}
+    for row, base, _, _ in ROWS:
+        keys = (row, base, PRODUCTS + row, PRODUCTS + base) if base else ()
+        if keys and all(key in medians for key in keys) and medians[base][1] > 0:
+            base_cpu = medians[base][1]
+            out[row] = (base_cpu - medians[PRODUCTS + base][1] + medians[PRODUCTS + row][1]) / base_cpu
+    return out
+
+
 def verdict(ratios: list[float], target: float) -> str:
     """'met' where every run is within the target, 'not met' where none is, else 'borderline (k of K)'."""
     within = sum(r <= target for r in ratios)
@@ -232,14 +264,19 @@ def verdict(ratios: list[float], target: float) -> str:
 def verdict_table(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[str]:
     """The targets over several runs (each: {"N x d": medians}), one line per row and size."""
     lines = [f"**Verdict over {len(runs)} runs** (CPU-time ratios, one fresh process per run, in run order; three "
-             "decimals, so that a ratio just above its target does not print as the target)", "",
-             "| size | row | ratio per run | range | target | verdict |", "|---|---|---|---|---|---|"]
+             "decimals, so that a ratio just above its target does not print as the target; products estimate: (base − "
+             "base's products + the row's products) / base, the ratio if everything but the matrix products cost what it "
+             "costs in the base loss — an estimate, not a bound)", "",
+             "| size | row | ratio per run | range | target | products estimate per run | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for size in runs[0]:
         per_run = [target_ratios(run[size]) for run in runs]
+        estimates = [products_estimates(run[size]) for run in runs]
         for row, (_, target) in per_run[0].items():
             values = [r[row][0] for r in per_run if row in r]
+            products = ", ".join(f"{e[row]:.3f}" for e in estimates if row in e)
             lines.append(f"| {size} | {row} | {', '.join(f'{v:.3f}' for v in values)} | "
-                         f"{min(values):.3f}-{max(values):.3f} | ≤ {target} | {verdict(values, target)} |")
+                         f"{min(values):.3f}-{max(values):.3f} | ≤ {target} | {products} | {verdict(values, target)} |")
     return lines + [""]
 
 

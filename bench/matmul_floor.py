@@ -1,64 +1,77 @@
-"""The matmul floor of the Symm logit losses: Gram products each loss needs, timed alone.
+"""The matrix products of the Symm logit losses, quickly: each loss's products timed alone.
 
-Plain N-pair needs A·Pᵀ forward and two N×N×d products backward (3 N²d multiply-adds). Symm
-needs Gram blocks of the real points: ``official`` / ``pair16`` (and angular, whose rows mix
-a_i and p_i) the 2N×2N Gram [A; P]·[A; P]ᵀ forward and one 2N×2N×d product backward (8 N²d);
-``point4`` for N-pair A·[A; P]ᵀ forward and two products backward (6 N²d). Whatever else the
-loss does, its time is at least the base loss's time plus the extra matmul time; dividing
-gives a floor for the ratio to the base loss (the base losses are timed here too, forward +
-backward, as in ``bench.loss_overhead``).
+The products are the ones the loss's code path really runs (``bench.products`` records them:
+aten products forward and backward, and the BLAS syrk of the Symm Gram), so the numbers follow
+the code. Plain N-pair / angular run 3 N²d multiply-adds; Symm ``official`` / ``pair16`` and
+angular ``official`` one triangle of the (2N, 2N) Gram (syrk, ≈ 2 N²d) and one (2N, 2N)·(2N, d)
+product backward (4 N²d); N-pair ``point4`` 5 N²d; angular ``point4`` 6 N²d. The products
+estimate, (base − base's products + the Symm loss's products) / base, is the ratio if everything
+but the matrix products cost what it costs in the base loss: how much of a ratio the products
+explain on this CPU's BLAS. It is not a bound: a Symm node can do the rest in less time than its
+base loss does (Symm+angular does at N = 64). ``bench.loss_overhead`` reports the same estimate
+per run beside the verdict (the numbers to quote); this script is the quick look at these losses
+alone, in interleaved rounds.
 
     python -m bench.matmul_floor [--repeats 200] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from bench.products import multiply_adds, record_products, replay
 from symm.losses import create_loss
 
-
-def cpu_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    for _ in range(10):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        samples.append(time.process_time() - start)
-    return 1000 * statistics.median(samples)
+LOSSES = {"npair": ("official", "point4", "pair16"), "angular": ("official", "point4")}
 
 
-def loss_ms(name: str, n: int, dim: int, repeats: int) -> float:
-    """Median CPU ms of one forward+backward of a plain loss on random embeddings."""
+def cpu_ms(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median CPU ms of each call, timed in interleaved rounds (a new seeded order each round: what ran
+    just before a call changes its time)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    order, rng = list(calls), random.Random(0)
+    for round_index in range(repeats + 10):  # the first 10 rounds warm up
+        rng.shuffle(order)
+        for name in order:
+            start = time.process_time()
+            calls[name]()
+            if round_index >= 10:
+                samples[name].append(time.process_time() - start)
+    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
+
+
+def estimates(n: int, dim: int, repeats: int) -> list[str]:
+    """One line per loss: its time, its products' time and multiply-adds, and (Symm) the products estimate."""
     torch.manual_seed(0)
-    embeddings = torch.randn(2 * n, dim)
-    labels = torch.arange(n).repeat_interleave(2)
-    loss = create_loss(name)
+    embeddings, labels = torch.randn(2 * n, dim), torch.arange(n).repeat_interleave(2)
+    calls, units = {}, {}
+    for name, modes in LOSSES.items():
+        for mode in (None, *modes):
+            loss = create_loss(name, **({"negatives": "symm", "symm_mode": mode} if mode else {}))
+            row = f"symm_{name} {mode}" if mode else name
 
-    def step() -> torch.Tensor:
-        x = embeddings.detach().requires_grad_(True)
-        loss(x, labels).backward()
-        return x
+            def step(loss=loss) -> None:
+                loss(embeddings.detach().requires_grad_(True), labels).backward()
 
-    return cpu_ms(step, repeats)
-
-
-def floors(n: int, dim: int, repeats: int) -> dict[str, float]:
-    """Median CPU ms of the matmuls each loss needs (forward + backward)."""
-    torch.manual_seed(0)
-    a, p = torch.randn(n, dim), torch.randn(n, dim)
-    points = torch.cat([a, p])
-    g_nn, g_n2n, g_2n2n = torch.randn(n, n), torch.randn(n, 2 * n), torch.randn(2 * n, 2 * n)
-    return {
-        "npair": cpu_ms(lambda: a @ p.T, repeats) + cpu_ms(lambda: g_nn @ p, repeats) + cpu_ms(lambda: g_nn.T @ a, repeats),
-        "gram_2n": cpu_ms(lambda: points @ points.T, repeats) + cpu_ms(lambda: g_2n2n @ points, repeats),
-        "anchor_gram": cpu_ms(lambda: a @ points.T, repeats) + cpu_ms(lambda: g_n2n.T @ a, repeats) + cpu_ms(lambda: g_n2n @ points, repeats),
-    }
+            products = record_products(loss, embeddings, labels)
+            calls[row], calls[f"products: {row}"] = step, replay(products)
+            units[row] = multiply_adds(products) / (n * n * dim)
+    ms = cpu_ms(calls, repeats)
+    lines = []
+    for name, modes in LOSSES.items():
+        base, base_products = ms[name], ms[f"products: {name}"]
+        lines.append(f"  {name}: {base:.3f} ms, products {base_products:.3f} ms ({units[name]:.2f} N²d)")
+        for mode in modes:
+            row = f"symm_{name} {mode}"
+            total, products = ms[row], ms[f"products: {row}"]
+            lines.append(f"  {row}: {total:.3f} ms (× {total / base:.2f}), products {products:.3f} ms "
+                         f"({units[row]:.2f} N²d): products estimate × {(base - base_products + products) / base:.2f}")
+    return lines
 
 
 def main() -> None:
@@ -67,17 +80,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as bench.loss_overhead does by default
     for n, dim in ((64, 512), (256, 128)):
-        f = floors(n, dim, args.repeats)
-        print(f"N={n} d={dim}: N-pair matmuls {f['npair']:.3f} ms, 2N×2N Gram fwd+bwd {f['gram_2n']:.3f} ms, "
-              f"A·[A;P]ᵀ fwd+bwd {f['anchor_gram']:.3f} ms (CPU, medians)")
-        for name in ("npair", "angular"):
-            base = loss_ms(name, n, dim, args.repeats)
-            full = (base + f["gram_2n"] - f["npair"]) / base
-            line = f"  {name} {base:.3f} ms; ratio floor: official" + (f"/pair16 × {full:.2f}" if name == "npair" else f"/point4 × {full:.2f}")
-            if name == "npair":
-                line += f", point4 × {(base + f['anchor_gram'] - f['npair']) / base:.2f}"
-            print(line)
+        print(f"N={n} d={dim} (CPU medians of interleaved rounds):")
+        print("\n".join(estimates(n, dim, args.repeats)))
 
 
 if __name__ == "__main__":
