@@ -162,7 +162,7 @@ def time_call(fn: Loss, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple
 
 
 def measure(n_pairs: int, dim: int, repeats: int, device: str, only: str | None = None,
-            budget_s: float = 10.0) -> dict[str, tuple[float, float]]:
+            budget_s: float = 10.0, products: bool = True) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) per row and PML reference."""
     torch.manual_seed(0)
     embeddings = torch.randn(2 * n_pairs, dim, device=device)
@@ -171,9 +171,8 @@ def measure(n_pairs: int, dim: int, repeats: int, device: str, only: str | None 
     needed = {r[0] for r in rows} | {r[1] for r in rows if r[1]}
     fns: dict[str, Loss] = {row: make_row_loss(loss, opts) for row, _, loss, opts in ROWS if row in needed}
     fns.update({f"PML {k}": v for k, v in pml_losses().items() if k in needed})
-    for name in [row for row in fns if not row.startswith("PML ")]:  # each row's products, replayed alone
-        products = replay(record_products(fns[name], embeddings, labels))
-        fns[PRODUCTS + name] = lambda _x, _labels, run=products: run()
+    for name in [row for row in fns if products and not row.startswith("PML ")]:  # each row's products, alone
+        fns[PRODUCTS + name] = lambda _x, _labels, run=replay(record_products(fns[name], embeddings, labels)): run()
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for name, fn in fns.items():  # warm-up: until 3 calls or 1 s
         spent = 0.0
@@ -301,6 +300,8 @@ def main() -> None:
     parser.add_argument("--denormals", choices=("flush", "keep"), default="flush",
                         help="flush denormal floats to zero (default; see the module docstring) or keep them")
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement in this many fresh processes")
+    parser.add_argument("--no-products", dest="products", action="store_false",
+                        help="leave out the rows that replay each row's matrix products (and the products estimate)")
     parser.add_argument("--json", default=None, help=argparse.SUPPRESS)  # one run's medians, for --runs
     args = parser.parse_args()
     if args.runs < 1:
@@ -310,14 +311,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     flushing = args.denormals == "flush" and torch.set_flush_denormal(True)  # False where the CPU cannot
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    header = (f"`python -m bench.loss_overhead --repeats {args.repeats} --threads {args.threads} --denormals {args.denormals}` on {args.device} "
+    header = (f"`python -m bench.loss_overhead --repeats {args.repeats} --threads {args.threads} --denormals {args.denormals}"
+              f"{'' if args.products else ' --no-products'}` on {args.device} "
               f"({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, denormals "
               f"{'flushed to zero' if flushing else 'kept'}), torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, 1-minute load average {load:.2f} "
               f"at the start. Forward+backward of the loss alone on random float32 embeddings; medians of interleaved "
               f"repeats (a new random order each round). Paper (Tesla P40): N-pair 0.2454 ms, Symm+N-pair 0.2497 ms (× 1.02).")
     lines, results = [header, ""], {}
     for n_pairs, dim in SIZES:
-        results[f"N = {n_pairs}, d = {dim}"] = medians = measure(n_pairs, dim, args.repeats, args.device, args.only)
+        results[f"N = {n_pairs}, d = {dim}"] = medians = measure(n_pairs, dim, args.repeats, args.device, args.only, products=args.products)
         lines += table(medians, n_pairs, dim)
     if hasattr(os, "getloadavg"):
         lines.append(f"1-minute load average at the end: {os.getloadavg()[0]:.2f}")
@@ -333,7 +335,8 @@ def run_several(args: argparse.Namespace) -> None:
     """--runs K: K fresh processes one after another; the first run's tables and the verdict over all."""
     runs, texts = [], []
     passed = [f"--repeats={args.repeats}", f"--device={args.device}", f"--threads={args.threads}",
-              f"--denormals={args.denormals}"] + ([f"--only={args.only}"] if args.only else [])
+              f"--denormals={args.denormals}"] + ([f"--only={args.only}"] if args.only else []) + \
+        ([] if args.products else ["--no-products"])
     with tempfile.TemporaryDirectory() as folder:
         for index in range(args.runs):
             out = Path(folder) / f"run{index}.json"

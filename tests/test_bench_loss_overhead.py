@@ -55,3 +55,12 @@ def test_runs_must_be_positive():
     run = subprocess.run([sys.executable, "-m", "bench.loss_overhead", "--runs", "0"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2 and "--runs must be at least 1, got 0" in run.stderr
+
+
+@pytest.mark.parametrize("products", [True, False])
+def test_products_rows_replay_every_row_but_pml_unless_left_out(products):
+    medians = loss_overhead.measure(4, 8, 1, "cpu", only="contrastive", products=products)
+    losses = {name for name in medians if not name.startswith(("PML ", loss_overhead.PRODUCTS))}
+    replayed = {name[len(loss_overhead.PRODUCTS):] for name in medians if name.startswith(loss_overhead.PRODUCTS)}
+    assert losses and "PML contrastive" in medians
+    assert replayed == (losses if products else set())
