@@ -171,15 +171,24 @@ def measure(n_pairs: int, dim: int, repeats: int, device: str, only: str | None 
     needed = {r[0] for r in rows} | {r[1] for r in rows if r[1]}
     fns: dict[str, Loss] = {row: make_row_loss(loss, opts) for row, _, loss, opts in ROWS if row in needed}
     fns.update({f"PML {k}": v for k, v in pml_losses().items() if k in needed})
-    for name in [row for row in fns if products and not row.startswith("PML ")]:  # each row's products, alone
-        fns[PRODUCTS + name] = lambda _x, _labels, run=replay(record_products(fns[name], embeddings, labels)): run()
+
+    def warm_up(names: list[str]) -> None:  # until 3 calls or 1 s each
+        for name in names:
+            spent = 0.0
+            for _ in range(3):
+                spent += time_call(fns[name], embeddings, labels)[0]
+                if spent > 1.0:
+                    break
+
+    warm_up(list(fns))
+    # each row's products, recorded once warm (a first call may do one-off work: the Triton node checks
+    # its backward on a copy of the first batch of a shape) and replayed alone as a row of its own
+    recorded = [PRODUCTS + row for row in fns if products and not row.startswith("PML ")]
+    for name in recorded:
+        row = name[len(PRODUCTS):]
+        fns[name] = lambda _x, _labels, run=replay(record_products(fns[row], embeddings, labels)): run()
+    warm_up(recorded)
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
-    for name, fn in fns.items():  # warm-up: until 3 calls or 1 s
-        spent = 0.0
-        for _ in range(3):
-            spent += time_call(fn, embeddings, labels)[0]
-            if spent > 1.0:
-                break
     # interleaved rounds in a new (seeded) random order each round: a call's time depends on what
     # ran just before it (a large loss leaves caches cold and the heap trimmed: a small loss right
     # after PML's lifted structure takes up to 3x longer), so a fixed order would bias some rows.
