@@ -9,80 +9,49 @@ estimate, (base − base's products + the Symm loss's products) / base, is the r
 but the matrix products cost what it costs in the base loss: how much of a ratio the products
 explain on this CPU's BLAS. It is not a bound: a Symm node can do the rest in less time than its
 base loss does (Symm+angular does at N = 64). ``bench.loss_overhead`` reports the same estimate
-per run beside the verdict (the numbers to quote); this script is the quick look at these losses
-alone, in interleaved rounds.
+per run beside the verdict (the numbers to quote); this script is the quick look: one process,
+``loss_overhead.measure`` on the N-pair and angular rows only, with the multiply-adds.
 
-    python -m bench.matmul_floor [--repeats 200] [--threads 1]
+    python -m bench.matmul_floor [--repeats 60] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
-from bench.products import multiply_adds, record_products, replay
-from symm.losses import create_loss
-
-LOSSES = {"npair": ("official", "point4", "pair16"), "angular": ("official", "point4")}
-
-
-def cpu_ms(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median CPU ms of each call, timed in interleaved rounds (a new seeded order each round: what ran
-    just before a call changes its time)."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    order, rng = list(calls), random.Random(0)
-    for round_index in range(repeats + 10):  # the first 10 rounds warm up
-        rng.shuffle(order)
-        for name in order:
-            start = time.process_time()
-            calls[name]()
-            if round_index >= 10:
-                samples[name].append(time.process_time() - start)
-    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
+from bench import loss_overhead
+from bench.products import multiply_adds, record_products
 
 
 def estimates(n: int, dim: int, repeats: int) -> list[str]:
-    """One line per loss: its time, its products' time and multiply-adds, and (Symm) the products estimate."""
+    """One line per Symm logit row: its ratio, its products estimate (``loss_overhead.products_estimates``,
+    from ``loss_overhead.measure``'s interleaved rounds) and its products' multiply-adds against its base's."""
     torch.manual_seed(0)
     embeddings, labels = torch.randn(2 * n, dim), torch.arange(n).repeat_interleave(2)
-    calls, units = {}, {}
-    for name, modes in LOSSES.items():
-        for mode in (None, *modes):
-            loss = create_loss(name, **({"negatives": "symm", "symm_mode": mode} if mode else {}))
-            row = f"symm_{name} {mode}" if mode else name
-
-            def step(loss=loss) -> None:
-                loss(embeddings.detach().requires_grad_(True), labels).backward()
-
-            products = record_products(loss, embeddings, labels)
-            calls[row], calls[f"products: {row}"] = step, replay(products)
-            units[row] = multiply_adds(products) / (n * n * dim)
-    ms = cpu_ms(calls, repeats)
     lines = []
-    for name, modes in LOSSES.items():
-        base, base_products = ms[name], ms[f"products: {name}"]
-        lines.append(f"  {name}: {base:.3f} ms, products {base_products:.3f} ms ({units[name]:.2f} N²d)")
-        for mode in modes:
-            row = f"symm_{name} {mode}"
-            total, products = ms[row], ms[f"products: {row}"]
-            lines.append(f"  {row}: {total:.3f} ms (× {total / base:.2f}), products {products:.3f} ms "
-                         f"({units[row]:.2f} N²d): products estimate × {(base - base_products + products) / base:.2f}")
+    for base in ("npair", "angular"):
+        medians = loss_overhead.measure(n, dim, repeats, "cpu", only=base)
+        estimate = loss_overhead.products_estimates(medians)
+        for row, row_base, loss, opts in loss_overhead.ROWS:
+            if row_base != base or row not in estimate or "env" in opts:  # the default code path only
+                continue
+            units = [multiply_adds(record_products(loss_overhead.make_row_loss(loss, o), embeddings, labels)) / (n * n * dim)
+                     for o in (opts, {})]
+            lines.append(f"  {row}: × {medians[row][1] / medians[base][1]:.2f} its base, products estimate "
+                         f"× {estimate[row]:.2f}; products {units[0]:.2f} N²d against the base's {units[1]:.2f}")
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as bench.loss_overhead does by default
-    for n, dim in ((64, 512), (256, 128)):
-        print(f"N={n} d={dim} (CPU medians of interleaved rounds):")
+    for n, dim in loss_overhead.SIZES:
+        print(f"N={n} d={dim} (CPU-time medians of bench.loss_overhead's interleaved rounds, its rows for this loss):")
         print("\n".join(estimates(n, dim, args.repeats)))
 
 

@@ -1,10 +1,10 @@
 """The matrix products a loss's forward+backward really runs, recorded once and replayed alone.
 
-Why: a Symm loss's time cannot fall below (base loss − the base loss's products + the Symm
-loss's products) on a given CPU, whatever its other code does: the products run at the BLAS
-library's speed. Taking the products from the code path itself (the aten matrix products that
-a ``TorchDispatchMode`` sees in the forward and in autograd's backward, and the BLAS syrk that
-``symm.losses.kernels`` calls through SciPy) keeps that floor true as the losses change, where a
+Why: the products run at the BLAS library's speed whatever the rest of a loss does, so timing
+them alone says how much of a Symm loss's ratio to its base they explain (``bench.loss_overhead``'s
+products estimate). Taking them from the code path itself (the aten matrix products that a
+``TorchDispatchMode`` sees in the forward and in autograd's backward, and the BLAS syrk that
+``symm.losses.kernels`` calls through SciPy) keeps that true as the losses change, where a
 hand-written list of products (the earlier ``bench/matmul_floor.py``) went stale when the Gram
 moved to syrk.
 
@@ -101,11 +101,12 @@ def replay(products: list[Product], seed: int = 0) -> Callable[[], None]:
     """A call that runs the recorded products again, in order, on fresh tensors of the recorded layouts
     (made once here, so the call times the products only)."""
     generator = torch.Generator().manual_seed(seed)
+
+    def real(value: Any) -> Any:
+        return _materialise(value, generator) if isinstance(value, TensorSpec) else value
+
     steps = []
     for product in products:
-        def real(value: Any) -> Any:
-            return _materialise(value, generator) if isinstance(value, TensorSpec) else value
-
         args, kwargs = tree_map(real, product.args), tree_map(real, product.kwargs)
         if product.op == SYRK:
             steps.append(functools.partial(kernels._symmetric_gram, *args))

@@ -103,3 +103,13 @@ def test_verdict_table_gives_the_products_estimate_per_run():
     lines = loss_overhead.verdict_table([run(2.1, 0.9), run(2.2, 0.85)])  # estimates 1.6, 1.55
     assert "| N = 256, d = 128 | symm_npair official | 2.100, 2.200 | 2.100-2.200 | ≤ 1.5 | 1.600, 1.550 | **not met** |" \
         in lines
+
+
+def test_matmul_floor_lists_every_symm_logit_row_with_its_multiply_adds():
+    from bench import matmul_floor
+    n, dim = 4, 8
+    lines = matmul_floor.estimates(n, dim, 1)
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "symm_npair official", "symm_npair point4", "symm_npair pair16", "symm_angular official", "symm_angular point4"]
+    official = ((2 * n) * (2 * n + 1) // 2 * dim + (2 * n) ** 2 * dim) / (n * n * dim)  # syrk triangle + backward
+    assert f"products {official:.2f} N²d against the base's 3.00" in lines[0]
