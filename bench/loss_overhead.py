@@ -7,12 +7,14 @@ repeats; ratios against the base loss and against PML's same-named loss. The pap
 
     python -m bench.loss_overhead [--repeats 100] [--device cpu|cuda] [--threads 1] [--only symm_npair]
                                   [--denormals flush|keep] [--runs 3] [--markdown docs/benchmarks.md]
+                                  [--plot docs/images/loss_overhead.png]
 
 ``--runs K`` repeats the whole measurement in K fresh processes, one after another (a process's
 heap and caches change every row's time by 10-20% on a shared VM, alike for all rows but not
 quite), prints the first run's tables and adds the verdict over all K: each target's CPU-time
 ratio per run, "met" where every run is within it, "not met" where none is, "borderline"
-between.
+between. ``--plot PATH`` (with ``--runs``) draws that verdict: each row's ratio per run as a share
+of its target, the range between runs and the products estimate, coloured by verdict.
 
 Each call is timed in wall-clock time and in CPU time of the process (all threads). On a CPU
 shared with other jobs, CPU time barely depends on the load while wall time does; the
@@ -47,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -269,6 +272,33 @@ def verdict(ratios: list[float], target: float) -> str:
     return f"borderline ({within} of {len(ratios)} within)"
 
 
+@dataclass(frozen=True)
+class VerdictRow:
+    """One target over several runs: a row's ratio in each run, its target and products estimates."""
+
+    size: str
+    row: str
+    ratios: tuple[float, ...]
+    target: float
+    estimates: tuple[float, ...]
+
+    @property
+    def verdict(self) -> str:
+        return verdict(list(self.ratios), self.target)
+
+
+def verdict_rows(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[VerdictRow]:
+    """Every target of the runs (each: {"N x d": medians}), per size in the first run's row order."""
+    out = []
+    for size in runs[0]:
+        per_run = [target_ratios(run[size]) for run in runs]
+        estimates = [products_estimates(run[size]) for run in runs]
+        for row, (_, target) in per_run[0].items():
+            out.append(VerdictRow(size, row, tuple(r[row][0] for r in per_run if row in r), target,
+                                  tuple(e[row] for e in estimates if row in e)))
+    return out
+
+
 def verdict_table(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[str]:
     """The targets over several runs (each: {"N x d": medians}), one line per row and size."""
     lines = [f"**Verdict over {len(runs)} runs** (CPU-time ratios, one fresh process per run, in run order; three "
@@ -277,15 +307,65 @@ def verdict_table(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list
              "costs in the base loss — an estimate, not a bound)", "",
              "| size | row | ratio per run | range | target | products estimate per run | verdict |",
              "|---|---|---|---|---|---|---|"]
-    for size in runs[0]:
-        per_run = [target_ratios(run[size]) for run in runs]
-        estimates = [products_estimates(run[size]) for run in runs]
-        for row, (_, target) in per_run[0].items():
-            values = [r[row][0] for r in per_run if row in r]
-            products = ", ".join(f"{e[row]:.3f}" for e in estimates if row in e)
-            lines.append(f"| {size} | {row} | {', '.join(f'{v:.3f}' for v in values)} | "
-                         f"{min(values):.3f}-{max(values):.3f} | ≤ {target} | {products} | {verdict(values, target)} |")
+    for item in verdict_rows(runs):
+        values = item.ratios
+        products = ", ".join(f"{e:.3f}" for e in item.estimates)
+        lines.append(f"| {item.size} | {item.row} | {', '.join(f'{v:.3f}' for v in values)} | "
+                     f"{min(values):.3f}-{max(values):.3f} | ≤ {item.target} | {products} | {item.verdict} |")
     return lines + [""]
+
+
+VERDICT_COLOURS = {"met": "#2e7d32", "borderline": "#ef8f00", "not met": "#c62828"}
+
+
+def figure_rows(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[VerdictRow]:
+    """The rows the figure shows: each loss's own path (not the diagnostic "…, torch node" / "…, torch
+    Gram" variants), every target of them."""
+    return [item for item in verdict_rows(runs) if "," not in item.row]
+
+
+def verdict_figure(runs: list[dict[str, dict[str, tuple[float, float]]]], path: Path, caption: str) -> list[VerdictRow]:
+    """A PNG of the verdict: per size, each row's ratio in every run as a share of its target (1 = the
+    target), the range between runs, and the products estimate; coloured by verdict. Returns the rows drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    shown = figure_rows(runs)
+    sizes = list(dict.fromkeys(item.size for item in shown))
+    names = list(dict.fromkeys(item.row for item in shown))
+    figure, axes = plt.subplots(1, len(sizes), figsize=(6.2 * len(sizes), 0.34 * len(names) + 1.8), sharey=True,
+                                squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for item in (i for i in shown if i.size == size):
+            y = names.index(item.row)
+            colour = VERDICT_COLOURS[item.verdict.strip("*").split(" (")[0]]
+            shares = [r / item.target for r in item.ratios]
+            ax.hlines(y, min(shares), max(shares), color=colour, linewidth=5, alpha=0.35)
+            ax.plot(shares, [y] * len(shares), "o", color=colour, markersize=4)
+            if item.estimates:
+                ax.plot([e / item.target for e in item.estimates], [y] * len(item.estimates), "x", color="0.35",
+                        markersize=5)
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_title(size)
+        ax.set_xlabel("CPU-time ratio / its target (1 = target; left of it: within)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(names)))
+    axes[0][0].set_yticklabels([f"{name} (≤ {next(i.target for i in shown if i.row == name)})" for name in names],
+                               fontsize=8)
+    axes[0][0].invert_yaxis()
+    handles = [Line2D([], [], color=c, marker="o", linestyle="-", linewidth=4, alpha=0.8, label=k)
+               for k, c in VERDICT_COLOURS.items()]
+    handles.append(Line2D([], [], color="0.35", marker="x", linestyle="", label="products estimate"))
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.suptitle(caption, fontsize=9)
+    figure.tight_layout(rect=(0, 0.05, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return shown
 
 
 def cpu_model() -> str:
@@ -311,12 +391,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement in this many fresh processes")
     parser.add_argument("--no-products", dest="products", action="store_false",
                         help="leave out the rows that replay each row's matrix products (and the products estimate)")
+    parser.add_argument("--plot", default=None,
+                        help="with --runs: also draw the verdict (each row's ratio per run against its target) to this PNG")
     parser.add_argument("--json", default=None, help=argparse.SUPPRESS)  # one run's medians, for --runs
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
     if args.runs > 1:
         return run_several(args)
+    if args.plot:
+        parser.error("--plot draws the verdict over several runs: give --runs 2 or more")
     torch.set_num_threads(args.threads)
     flushing = args.denormals == "flush" and torch.set_flush_denormal(True)  # False where the CPU cannot
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -360,6 +444,9 @@ def run_several(args: argparse.Namespace) -> None:
     print(text)
     if args.markdown:
         write_results(Path(args.markdown), text)
+    if args.plot:
+        verdict_figure(runs, Path(args.plot), f"python -m bench.loss_overhead --runs {args.runs} --repeats {args.repeats} on "
+                       f"{args.device} ({cpu_model()}, {args.threads} torch threads), {time.strftime('%Y-%m-%d %H:%M')}")
 
 
 BEGIN, END = "<!-- loss_overhead results: begin -->", "<!-- loss_overhead results: end -->"

@@ -39,7 +39,7 @@ def test_verdict_table_has_one_line_per_row_and_size_in_run_order():
 def test_runs_option_measures_in_separate_processes_and_reports_the_verdict(tmp_path):
     markdown = tmp_path / "benchmarks.md"
     run = subprocess.run([sys.executable, "-m", "bench.loss_overhead", "--runs", "2", "--repeats", "2", "--only", "contrastive",
-                          "--markdown", str(markdown)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                          "--markdown", str(markdown), "--plot", str(tmp_path / "verdict.png")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "run 2 of 2" in run.stderr
     text = markdown.read_text()
@@ -49,6 +49,7 @@ def test_runs_option_measures_in_separate_processes_and_reports_the_verdict(tmp_
     assert len(line.split("|")[6].split(",")) == 2  # one products estimate per run
     assert "Matrix products of each row's code path replayed alone" in text
     assert "loss_overhead results: begin" in text
+    assert (tmp_path / "verdict.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_runs_must_be_positive():
@@ -64,3 +65,34 @@ def test_products_rows_replay_every_row_but_pml_unless_left_out(products):
     replayed = {name[len(loss_overhead.PRODUCTS):] for name in medians if name.startswith(loss_overhead.PRODUCTS)}
     assert losses and "PML contrastive" in medians
     assert replayed == (losses if products else set())
+
+
+def _three_runs() -> list:
+    """Three runs' medians (wall s, CPU s) at one size; reference: the divisions written out below."""
+    return [{"N = 64, d = 512": {"npair": (1.0, 1.0), "symm_npair official": (1.0, r), "PML npair": (1.0, 2.0),
+                                 "symm_npair official, torch node": (1.0, 3.0),
+                                 loss_overhead.PRODUCTS + "npair": (1.0, 0.5),
+                                 loss_overhead.PRODUCTS + "symm_npair official": (1.0, 0.8)}}
+            for r in (1.47, 1.52, 1.57)]
+
+
+def test_verdict_rows_carry_every_runs_ratio_target_and_products_estimate():
+    rows = {item.row: item for item in loss_overhead.verdict_rows(_three_runs())}
+    official = rows["symm_npair official"]
+    assert official.ratios == pytest.approx((1.47, 1.52, 1.57)) and official.target == 1.5
+    assert official.estimates == pytest.approx((1.0 - 0.5 + 0.8,) * 3)  # (base − base's products + its products) / base
+    assert official.verdict == "borderline (1 of 3 within)"
+    assert rows["npair vs PML"].ratios == pytest.approx((0.5,) * 3) and rows["npair vs PML"].verdict == "met"
+
+
+def test_verdict_figure_draws_each_losss_own_rows_to_a_png(tmp_path):
+    path = tmp_path / "figures" / "verdict.png"
+    shown = loss_overhead.verdict_figure(_three_runs(), path, "test")
+    assert [item.row for item in shown] == ["npair vs PML", "symm_npair official"]  # not the diagnostic torch-node row
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_needs_several_runs():
+    run = subprocess.run([sys.executable, "-m", "bench.loss_overhead", "--plot", "x.png"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and "--plot draws the verdict over several runs" in run.stderr
