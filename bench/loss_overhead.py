@@ -262,14 +262,16 @@ def products_estimates(medians: dict[str, tuple[float, float]]) -> dict[str, flo
     return out
 
 
-def verdict(ratios: list[float], target: float) -> str:
-    """'met' where every run is within the target, 'not met' where none is, else 'borderline (k of K)'."""
+def verdict_status(ratios: list[float] | tuple[float, ...], target: float) -> tuple[str, int]:
+    """('met' where every run is within the target, 'not met' where none is, else 'borderline'; runs within)."""
     within = sum(r <= target for r in ratios)
-    if within == len(ratios):
-        return "met"
-    if within == 0:
-        return "**not met**"
-    return f"borderline ({within} of {len(ratios)} within)"
+    return ("met" if within == len(ratios) else "not met" if within == 0 else "borderline"), within
+
+
+def verdict(ratios: list[float], target: float) -> str:
+    """``verdict_status`` as the table prints it: 'met', '**not met**' or 'borderline (k of K within)'."""
+    status, within = verdict_status(ratios, target)
+    return {"met": "met", "not met": "**not met**"}.get(status, f"borderline ({within} of {len(ratios)} within)")
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,10 @@ class VerdictRow:
     @property
     def verdict(self) -> str:
         return verdict(list(self.ratios), self.target)
+
+    @property
+    def status(self) -> str:
+        return verdict_status(self.ratios, self.target)[0]
 
 
 def verdict_rows(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[VerdictRow]:
@@ -319,9 +325,10 @@ VERDICT_COLOURS = {"met": "#2e7d32", "borderline": "#ef8f00", "not met": "#c6282
 
 
 def figure_rows(runs: list[dict[str, dict[str, tuple[float, float]]]]) -> list[VerdictRow]:
-    """The rows the figure shows: each loss's own path (not the diagnostic "…, torch node" / "…, torch
-    Gram" variants), every target of them."""
-    return [item for item in verdict_rows(runs) if "," not in item.row]
+    """The rows the figure shows: each loss's default code path (not the diagnostic rows that run it
+    under another environment, "…, torch node" / "…, torch Gram"), every target of them."""
+    default = {row for row, _, _, opts in ROWS if "env" not in opts}
+    return [item for item in verdict_rows(runs) if item.row.removesuffix(" vs PML") in default]
 
 
 def verdict_figure(runs: list[dict[str, dict[str, tuple[float, float]]]], path: Path, caption: str) -> list[VerdictRow]:
@@ -335,13 +342,14 @@ def verdict_figure(runs: list[dict[str, dict[str, tuple[float, float]]]], path: 
 
     shown = figure_rows(runs)
     sizes = list(dict.fromkeys(item.size for item in shown))
-    names = list(dict.fromkeys(item.row for item in shown))
+    targets = {item.row: item.target for item in shown}
+    names = list(targets)
     figure, axes = plt.subplots(1, len(sizes), figsize=(6.2 * len(sizes), 0.34 * len(names) + 1.8), sharey=True,
                                 squeeze=False)
     for ax, size in zip(axes[0], sizes):
         for item in (i for i in shown if i.size == size):
             y = names.index(item.row)
-            colour = VERDICT_COLOURS[item.verdict.strip("*").split(" (")[0]]
+            colour = VERDICT_COLOURS[item.status]
             shares = [r / item.target for r in item.ratios]
             ax.hlines(y, min(shares), max(shares), color=colour, linewidth=5, alpha=0.35)
             ax.plot(shares, [y] * len(shares), "o", color=colour, markersize=4)
@@ -353,8 +361,7 @@ def verdict_figure(runs: list[dict[str, dict[str, tuple[float, float]]]], path: 
         ax.set_xlabel("CPU-time ratio / its target (1 = target; left of it: within)")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)))
-    axes[0][0].set_yticklabels([f"{name} (≤ {next(i.target for i in shown if i.row == name)})" for name in names],
-                               fontsize=8)
+    axes[0][0].set_yticklabels([f"{name} (≤ {targets[name]})" for name in names], fontsize=8)
     axes[0][0].invert_yaxis()
     handles = [Line2D([], [], color=c, marker="o", linestyle="-", linewidth=4, alpha=0.8, label=k)
                for k, c in VERDICT_COLOURS.items()]

@@ -81,7 +81,7 @@ def test_verdict_rows_carry_every_runs_ratio_target_and_products_estimate():
     official = rows["symm_npair official"]
     assert official.ratios == pytest.approx((1.47, 1.52, 1.57)) and official.target == 1.5
     assert official.estimates == pytest.approx((1.0 - 0.5 + 0.8,) * 3)  # (base − base's products + its products) / base
-    assert official.verdict == "borderline (1 of 3 within)"
+    assert official.verdict == "borderline (1 of 3 within)" and official.status == "borderline"
     assert rows["npair vs PML"].ratios == pytest.approx((0.5,) * 3) and rows["npair vs PML"].verdict == "met"
 
 
